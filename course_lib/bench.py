@@ -1,0 +1,147 @@
+"""Benchmark harness: careful timing, the machine's measured bandwidth, and the suites' CLI.
+
+Rules every number in the course follows:
+
+* warm-up runs first (JIT compilation, caches, thread pools), then ``repeats`` timed runs;
+* **fresh inputs per run**: ``make_inputs()`` is called before every run, outside the timed
+  region, so a result left in cache by the previous run cannot flatter the next one;
+* report the **median** (and the inter-quartile range), as a ratio against a baseline measured
+  in the same run, next to the physical bound (bytes moved / measured bandwidth).
+
+CLI: ``python -m course_lib.bench SUITE [options]`` runs ``course_lib.bench_<SUITE>.main``
+(suites: ``spmm``, ``ffn``).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import importlib
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+SUITES = ("spmm", "ffn")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: median and quartiles over ``repeats`` timed runs."""
+
+    median: float
+    q1: float
+    q3: float
+    repeats: int
+
+    def __str__(self) -> str:
+        return f"{self.median * 1e3:.3f} ms (IQR {self.q1 * 1e3:.3f}–{self.q3 * 1e3:.3f}, n={self.repeats})"
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+        torch.cuda.synchronize()
+
+
+def measure(fn: Callable, make_inputs: Callable[[], Sequence] | None = None, repeats: int = 20,
+            warmup: int = 3, device: str = "cpu") -> Timing:
+    """Time ``fn(*make_inputs())``: ``warmup`` untimed calls, then ``repeats`` timed calls, each
+    on inputs made fresh (untimed) just before it. CUDA work is synchronized inside the timing."""
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    make_inputs = make_inputs or (lambda: ())
+    times = []
+    for i in range(warmup + repeats):
+        args = make_inputs()
+        _synchronize(device)
+        t0 = time.perf_counter()
+        fn(*args)
+        _synchronize(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    q1, med, q3 = np.percentile(times, [25, 50, 75])
+    return Timing(float(med), float(q1), float(q3), repeats)
+
+
+def memory_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 10, device: str = "cpu") -> float:
+    """Measured read bandwidth in GB/s (1e9 B/s): a reduction over a buffer far larger than the
+    caches, using torch's intra-op threads (all cores), median of ``repeats`` runs."""
+    import torch
+    x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    t = measure(lambda: x.sum(), repeats=repeats, warmup=2, device=device)
+    return nbytes / t.median / 1e9
+
+
+def machine_info(device: str = "cpu") -> dict:
+    """What a reader needs to interpret a number: CPU/GPU, cores, threads, library versions, date."""
+    import scipy
+    import torch
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "date": _dt.date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+        "numpy": np.__version__, "scipy": scipy.__version__, "torch": torch.__version__,
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def write_csv(rows: list[dict], path: str | os.PathLike, meta: dict | None = None) -> Path:
+    """Write rows (dicts with the same keys) to CSV; ``meta`` goes into ``# key: value`` lines."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        for k, v in (meta or {}).items():
+            f.write(f"# {k}: {v}\n")
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_csv(path: str | os.PathLike) -> tuple[list[dict], dict]:
+    """Rows (numbers converted to float where possible) and the ``# key: value`` metadata."""
+    meta, lines = {}, []
+    with open(path) as f:
+        for line in f:
+            if line.startswith("# "):
+                k, _, v = line[2:].partition(":")
+                meta[k.strip()] = v.strip()
+            else:
+                lines.append(line)
+
+    def num(v):
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return [{k: num(v) for k, v in row.items()} for row in csv.DictReader(lines)], meta
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in SUITES:
+        print(f"usage: python -m course_lib.bench {{{','.join(SUITES)}}} [--quick] [--device cpu|cuda] "
+              "[--out DIR]", file=sys.stderr)
+        return 2
+    suite = importlib.import_module(f"course_lib.bench_{argv[0]}")
+    return suite.main(argv[1:]) or 0
+
+
+__all__ = ["Timing", "measure", "memory_bandwidth", "machine_info", "write_csv", "read_csv"]
+
+if __name__ == "__main__":
+    sys.exit(main())

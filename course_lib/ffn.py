@@ -1,0 +1,412 @@
+"""Sparse FFN decode: skip the weights of inactive neurons (batch 1, memory bound).
+
+A transformer FFN computes ``y = W2 · act(W1 · x + b1) + b2`` with ``W1: (d_ff, d_model)`` and
+``W2: (d_model, d_ff)``. At batch 1 every weight byte is read once per token, so time ≈ bytes /
+bandwidth. If only the neurons in ``S`` are active, ``y = Σ_{j∈S} h_j · W2[:, j] + b2`` reads only
+``|S|/d_ff`` of W2: the kernel speed-up is bounded by ``1/density``.
+
+Layout: W2 is stored **transposed** (``W2t = W2ᵀ``, shape ``(d_ff, d_model)``) so that the column
+``W2[:, j]`` of an active neuron is one contiguous row ``W2t[j]``; W1 keeps its rows (neuron ``j``
+is ``W1[j]``), which is what a predictor-driven up-projection reads.
+
+Kernels (torch tensors in, torch tensor out):
+
+* :func:`gather_gemv` ``y = Σ_p v[idx[p]] · Wt[idx[p]]`` (down-projection with a sparse input);
+* :func:`row_gemv` ``h[p] = W[idx[p]] · x`` (up-projection of predicted-active neurons only).
+
+Tiers: ``*_ref`` index with ``torch.index_select`` (readable, but copies the gathered rows);
+the CPU tier is a numba kernel that reads the active rows in place, split over threads; the
+Triton tier runs on CUDA tensors (and under ``TRITON_INTERPRET=1`` on CPU, for tests).
+
+:class:`SparseFFN` has the modes ``dense``, ``exact`` (the exact zeros of ReLU), ``threshold``
+(TEAL-style ``|h| > t`` with ``t`` calibrated to a target sparsity) and ``predicted`` (a low-rank
+Deja Vu-style predictor of the active set).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "gather_gemv", "gather_gemv_ref", "row_gemv", "row_gemv_ref", "calibrate_threshold",
+    "LowRankPredictor", "SparseFFN", "gemv_bytes",
+]
+
+_ACTIVATIONS = {"relu": torch.relu, "gelu": nn.functional.gelu}
+
+
+# --------------------------------------------------------------------------- validation
+
+def _check_gemv_args(name: str, W: torch.Tensor, v: torch.Tensor, idx: torch.Tensor,
+                     v_len: int) -> None:
+    for arg, t in (("W", W), ("v", v), ("idx", idx)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
+    if W.ndim != 2:
+        raise ValueError(f"{name}: W must be 2-D, got shape {tuple(W.shape)}")
+    if v.ndim != 1 or v.shape[0] != v_len:
+        raise ValueError(f"{name}: vector must be 1-D of length {v_len}, got shape {tuple(v.shape)}")
+    if idx.ndim != 1:
+        raise ValueError(f"{name}: idx must be 1-D, got shape {tuple(idx.shape)}")
+    if idx.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{name}: idx must be int32 or int64, got {idx.dtype}")
+    if not W.is_floating_point() or v.dtype != W.dtype:
+        raise TypeError(f"{name}: W and vector must share a floating dtype, got {W.dtype} and {v.dtype}")
+    if not (W.device == v.device == idx.device):
+        raise ValueError(f"{name}: W, vector and idx must be on one device")
+    if idx.numel():
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= W.shape[0]:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{name}: idx value {bad} is out of range [0, {W.shape[0]})")
+
+
+# --------------------------------------------------------------------------- reference tier
+
+def gather_gemv_ref(Wt: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``y = Σ_p v[idx[p]] · Wt[idx[p]]`` = ``W[:, idx] · v[idx]`` with ``W = Wtᵀ`` (copies rows)."""
+    _check_gemv_args("gather_gemv_ref", Wt, v, idx, Wt.shape[0])
+    return v[idx] @ Wt.index_select(0, idx)
+
+
+def row_gemv_ref(W: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``h[p] = W[idx[p]] · x``: only the listed rows of ``W · x`` (copies rows)."""
+    _check_gemv_args("row_gemv_ref", W, x, idx, W.shape[1])
+    return W.index_select(0, idx) @ x
+
+
+# --------------------------------------------------------------------------- CPU tier (numba)
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _gather_gemv_cpu(Wt, v, idx, out, nt):  # pragma: no cover - compiled
+    # Split-K: thread t owns a contiguous slice of the active list and streams whole rows of Wt
+    # (d_model contiguous values each) into a private accumulator; then the partials are summed.
+    n = Wt.shape[1]
+    k = idx.shape[0]
+    partial = np.zeros((nt, n), dtype=out.dtype)
+    chunk = (k + nt - 1) // nt
+    for t in numba.prange(nt):
+        acc = partial[t]
+        for p in range(t * chunk, min(k, (t + 1) * chunk)):
+            j = idx[p]
+            s = v[j]
+            row = Wt[j]
+            for c in range(n):
+                acc[c] += s * row[c]
+    for c in range(n):
+        total = partial[0, c]
+        for t in range(1, nt):
+            total += partial[t, c]
+        out[c] = total
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _row_gemv_cpu(W, x, idx, out):  # pragma: no cover - compiled
+    # One dot product per active row; rows are contiguous, threads split the active list.
+    n = W.shape[1]
+    for p in numba.prange(idx.shape[0]):
+        row = W[idx[p]]
+        s = 0.0
+        for c in range(n):
+            s += row[c] * x[c]
+        out[p] = s
+
+
+_CPU_DTYPES = (torch.float32, torch.float64)
+
+
+def _cpu_arrays(name, W, v, idx):
+    if W.dtype not in _CPU_DTYPES:
+        raise TypeError(f"{name}: the CPU kernel supports float32/float64, got {W.dtype}")
+    return W.contiguous().numpy(), v.contiguous().numpy(), idx.contiguous().numpy()
+
+
+# --------------------------------------------------------------------------- Triton tier
+
+_TRITON = {}
+
+
+def _triton_kernels():
+    """Compile the Triton kernels once (``course_lib.spmm`` sets ``TRITON_INTERPRET`` on CPU)."""
+    if not _TRITON:
+        from . import spmm  # noqa: F401  (sets TRITON_INTERPRET=1 when no CUDA device exists)
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def gather_kernel(Wt, v, idx, out, K, N, stride_w,
+                          BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+            # program (n-block, k-block): BLOCK_K active rows × BLOCK_N outputs, atomically added.
+            cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+            ks = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+            kmask = ks < K
+            nmask = cols < N
+            rows = tl.load(idx + ks, mask=kmask, other=0).to(tl.int64)
+            s = tl.load(v + rows, mask=kmask, other=0.0).to(tl.float32)
+            w = tl.load(Wt + rows[:, None] * stride_w + cols[None, :],
+                        mask=kmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
+            tl.atomic_add(out + cols, tl.sum(w * s[:, None], axis=0), mask=nmask)
+
+        @triton.jit
+        def row_kernel(W, x, idx, out, K, N, stride_w,
+                       BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+            # program k-block: BLOCK_K active rows, dot products accumulated over BLOCK_N chunks.
+            ks = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+            kmask = ks < K
+            rows = tl.load(idx + ks, mask=kmask, other=0).to(tl.int64)
+            acc = tl.zeros((BLOCK_K,), dtype=tl.float32)
+            for start in range(0, N, BLOCK_N):
+                cols = start + tl.arange(0, BLOCK_N)
+                nmask = cols < N
+                xv = tl.load(x + cols, mask=nmask, other=0.0).to(tl.float32)
+                w = tl.load(W + rows[:, None] * stride_w + cols[None, :],
+                            mask=kmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
+                acc += tl.sum(w * xv[None, :], axis=1)
+            tl.store(out + ks, acc, mask=kmask)
+
+        _TRITON.update(gather=gather_kernel, row=row_kernel, cdiv=triton.cdiv)
+    return _TRITON
+
+
+# --------------------------------------------------------------------------- dispatch
+
+def _backend(backend: str, W: torch.Tensor) -> str:
+    if backend == "auto":
+        return "triton" if W.is_cuda else "cpu"
+    if backend not in ("cpu", "triton", "ref"):
+        raise ValueError(f"backend must be 'auto', 'cpu', 'triton' or 'ref', got {backend!r}")
+    if backend == "cpu" and W.is_cuda:
+        raise ValueError("backend 'cpu' needs CPU tensors")
+    return backend
+
+
+def gather_gemv(Wt: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *,
+                backend: str = "auto") -> torch.Tensor:
+    """``y = Σ_p v[idx[p]] · Wt[idx[p]]`` reading only the listed rows of ``Wt``, never copying them.
+
+    ``Wt`` is ``(d_ff, d_model)`` (the transposed down-projection), ``v`` the ``d_ff`` hidden
+    vector, ``idx`` the active neurons (int32/int64; a repeated index counts twice).
+    """
+    _check_gemv_args("gather_gemv", Wt, v, idx, Wt.shape[0])
+    backend = _backend(backend, Wt)
+    if backend == "ref":
+        return gather_gemv_ref(Wt, v, idx)
+    if backend == "cpu":
+        W, vv, ii = _cpu_arrays("gather_gemv", Wt, v, idx)
+        out = np.empty(W.shape[1], dtype=W.dtype)
+        _gather_gemv_cpu(W, vv, ii, out, numba.get_num_threads())
+        return torch.from_numpy(out)
+    kern = _triton_kernels()
+    Wt, v, idx = Wt.contiguous(), v.contiguous(), idx.contiguous()
+    K, N = idx.shape[0], Wt.shape[1]
+    out = torch.zeros(N, dtype=torch.float32, device=Wt.device)
+    if K:
+        BLOCK_K, BLOCK_N = 32, 128
+        grid = (kern["cdiv"](N, BLOCK_N), kern["cdiv"](K, BLOCK_K))
+        kern["gather"][grid](Wt, v, idx, out, K, N, Wt.stride(0), BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
+    return out.to(Wt.dtype)
+
+
+def row_gemv(W: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, *,
+             backend: str = "auto") -> torch.Tensor:
+    """``h[p] = W[idx[p]] · x`` reading only the listed rows of ``W`` (``(d_ff, d_model)``)."""
+    _check_gemv_args("row_gemv", W, x, idx, W.shape[1])
+    backend = _backend(backend, W)
+    if backend == "ref":
+        return row_gemv_ref(W, x, idx)
+    if backend == "cpu":
+        WW, xx, ii = _cpu_arrays("row_gemv", W, x, idx)
+        out = np.empty(ii.shape[0], dtype=WW.dtype)
+        _row_gemv_cpu(WW, xx, ii, out)
+        return torch.from_numpy(out)
+    kern = _triton_kernels()
+    W, x, idx = W.contiguous(), x.contiguous(), idx.contiguous()
+    K, N = idx.shape[0], W.shape[1]
+    out = torch.zeros(K, dtype=torch.float32, device=W.device)
+    if K:
+        BLOCK_K, BLOCK_N = 32, 128
+        kern["row"][(kern["cdiv"](K, BLOCK_K),)](W, x, idx, out, K, N, W.stride(0),
+                                                 BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
+    return out.to(W.dtype)
+
+
+def gemv_bytes(rows: int, cols: int, itemsize: int, index_itemsize: int = 0) -> int:
+    """Bytes a (gather) GEMV must read: ``rows·cols·itemsize`` weights + ``rows`` indices."""
+    return rows * cols * itemsize + rows * index_itemsize
+
+
+# --------------------------------------------------------------------------- calibration
+
+def calibrate_threshold(h: torch.Tensor, sparsity: float) -> float:
+    """TEAL-style threshold: the ``sparsity``-quantile of ``|h|`` over calibration activations.
+
+    ``t`` is the k-th smallest ``|h|`` with ``k = ⌊sparsity·n⌋``: zeroing every entry with
+    ``|h| <= t`` removes ``k/n ≈ sparsity`` of the entries (more if there are ties at ``t``).
+    """
+    if not isinstance(h, torch.Tensor):
+        raise TypeError(f"h must be a torch.Tensor, got {type(h).__name__}")
+    if h.numel() == 0:
+        raise ValueError("h must contain at least one activation to calibrate on")
+    if not 0.0 <= sparsity < 1.0:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    k = int(sparsity * h.numel())  # entries to zero
+    if k == 0:
+        return -1.0  # nothing is below a negative threshold: keep everything
+    a = h.detach().abs().flatten().double().cpu().numpy()
+    return float(np.partition(a, k - 1)[k - 1])  # the k-th smallest |h|
+
+
+# --------------------------------------------------------------------------- predictor
+
+class LowRankPredictor(nn.Module):
+    """Deja Vu-style predictor: ``logits = B · (A · x)``; neuron ``j`` predicted active if ``logit_j > 0``."""
+
+    def __init__(self, d_model: int, d_ff: int, rank: int):
+        super().__init__()
+        if rank <= 0:
+            raise ValueError(f"rank must be positive, got {rank}")
+        self.A = nn.Linear(d_model, rank, bias=False)
+        self.B = nn.Linear(rank, d_ff)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.B(self.A(x))
+
+    def fit(self, X: torch.Tensor, active: torch.Tensor, *, steps: int = 300, lr: float = 1e-2,
+            pos_weight: float = 2.0, seed: int = 0) -> list[float]:
+        """Train on recorded (input, active-mask) pairs with weighted BCE (``pos_weight`` favours recall)."""
+        if X.ndim != 2 or active.shape != (X.shape[0], self.B.out_features):
+            raise ValueError(f"need X (n, d_model) and active (n, d_ff); got {tuple(X.shape)}, "
+                             f"{tuple(active.shape)}")
+        torch.manual_seed(seed)
+        opt = torch.optim.Adam(self.parameters(), lr=lr)
+        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
+        target = active.float()
+        losses = []
+        for _ in range(steps):
+            loss = loss_fn(self(X), target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses
+
+
+# --------------------------------------------------------------------------- the layer
+
+class SparseFFN:
+    """Inference-only FFN ``y = W2 · act(W1 · x + b1) + b2`` that reads only active neurons' weights.
+
+    Stores ``W1`` as ``(d_ff, d_model)`` and ``W2t = W2ᵀ`` as ``(d_ff, d_model)``: the weights of
+    neuron ``j`` are the contiguous rows ``W1[j]`` and ``W2t[j]``.
+    """
+
+    MODES = ("dense", "exact", "threshold", "predicted")
+
+    def __init__(self, W1: torch.Tensor, b1: torch.Tensor, W2: torch.Tensor, b2: torch.Tensor,
+                 activation: str = "relu", backend: str = "auto"):
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+        if W1.ndim != 2 or W2.ndim != 2 or W2.shape != (W1.shape[1], W1.shape[0]):
+            raise ValueError(f"need W1 (d_ff, d_model) and W2 (d_model, d_ff), got "
+                             f"{tuple(W1.shape)} and {tuple(W2.shape)}")
+        if b1.shape != (W1.shape[0],) or b2.shape != (W1.shape[1],):
+            raise ValueError(f"need b1 ({W1.shape[0]},) and b2 ({W1.shape[1]},), got "
+                             f"{tuple(b1.shape)} and {tuple(b2.shape)}")
+        self.W1 = W1.detach().contiguous()
+        self.b1 = b1.detach()
+        self.W2t = W2.detach().t().contiguous()
+        self.b2 = b2.detach()
+        self.act = _ACTIVATIONS[activation]
+        self.activation = activation
+        self.backend = backend
+        self.threshold: float | None = None
+        self.predictor: LowRankPredictor | None = None
+
+    @classmethod
+    def from_linear(cls, up: nn.Linear, down: nn.Linear, activation: str = "relu",
+                    backend: str = "auto") -> "SparseFFN":
+        """Wrap the two ``nn.Linear`` of an FFN (``up: d_model→d_ff``, ``down: d_ff→d_model``)."""
+        zeros = lambda n, ref: torch.zeros(n, dtype=ref.dtype)  # noqa: E731
+        b1 = up.bias if up.bias is not None else zeros(up.out_features, up.weight)
+        b2 = down.bias if down.bias is not None else zeros(down.out_features, down.weight)
+        return cls(up.weight, b1, down.weight, b2, activation, backend)
+
+    @property
+    def d_model(self) -> int:
+        return self.W1.shape[1]
+
+    @property
+    def d_ff(self) -> int:
+        return self.W1.shape[0]
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense hidden activations ``act(W1 · x + b1)`` (any leading batch shape)."""
+        return self.act(x @ self.W1.t() + self.b1)
+
+    def dense(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense reference ``W2 · act(W1 · x + b1) + b2``."""
+        return self.hidden(x) @ self.W2t + self.b2
+
+    def calibrate(self, X: torch.Tensor, sparsity: float) -> float:
+        """Set the threshold so that a ``sparsity`` share of ``|h|`` over ``X`` falls below it."""
+        self.threshold = calibrate_threshold(self.hidden(X), sparsity)
+        return self.threshold
+
+    def fit_predictor(self, X: torch.Tensor, rank: int = 32, **fit_kwargs) -> list[float]:
+        """Train a low-rank predictor of the active set ``{j : h_j ≠ 0}`` (or ``|h_j| > t``) on ``X``."""
+        with torch.no_grad():
+            active = self._mask(self.hidden(X))
+        self.predictor = LowRankPredictor(self.d_model, self.d_ff, rank).to(self.W1.dtype)
+        return self.predictor.fit(X, active, **fit_kwargs)
+
+    def _mask(self, h: torch.Tensor) -> torch.Tensor:
+        return h.abs() > self.threshold if self.threshold is not None else h != 0
+
+    def active_set(self, x: torch.Tensor, mode: str) -> torch.Tensor:
+        """Indices of the neurons ``mode`` computes for one token ``x``."""
+        if mode == "predicted":
+            if self.predictor is None:
+                raise ValueError("mode 'predicted' needs fit_predictor() first")
+            with torch.no_grad():
+                return torch.nonzero(self.predictor(x) > 0).flatten()
+        if mode == "threshold" and self.threshold is None:
+            raise ValueError("mode 'threshold' needs calibrate() first")
+        h = self.hidden(x)
+        return torch.nonzero(h != 0 if mode == "exact" else h.abs() > self.threshold).flatten()
+
+    @torch.no_grad()
+    def recall(self, X: torch.Tensor) -> dict:
+        """Predictor quality on ``X``: recall = |pred ∩ true| / |true|, plus precision and density."""
+        if self.predictor is None:
+            raise ValueError("recall needs fit_predictor() first")
+        true = self._mask(self.hidden(X))
+        pred = self.predictor(X) > 0
+        hit = (true & pred).sum().item()
+        return {"recall": hit / max(1, true.sum().item()),
+                "precision": hit / max(1, pred.sum().item()),
+                "true_density": true.float().mean().item(),
+                "predicted_density": pred.float().mean().item()}
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, mode: str = "exact") -> torch.Tensor:
+        """Forward one token ``(d_model,)`` or a batch ``(n, d_model)`` (token by token, as in decode)."""
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        if x.shape[-1] != self.d_model or x.ndim not in (1, 2):
+            raise ValueError(f"x must be (d_model,) or (n, d_model) with d_model={self.d_model}, "
+                             f"got {tuple(x.shape)}")
+        if mode == "dense":
+            return self.dense(x)
+        if x.ndim == 2:
+            return torch.stack([self(row, mode) for row in x]) if len(x) else self.dense(x)
+        idx = self.active_set(x, mode)
+        if mode == "predicted":  # compute only the predicted rows of W1, then the active columns of W2
+            h_active = self.act(row_gemv(self.W1, x, idx, backend=self.backend) + self.b1[idx])
+            h = torch.zeros(self.d_ff, dtype=x.dtype)
+            h[idx] = h_active
+        else:
+            h = self.hidden(x)
+        return gather_gemv(self.W2t, h, idx, backend=self.backend) + self.b2

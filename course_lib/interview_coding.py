@@ -1,0 +1,123 @@
+"""Oracles and case generators for the graded coding-interview problems (``solutions/coding``).
+
+Each oracle computes the answer to one problem by a route that differs from the expected
+solution (a scipy routine, autograd, bisection instead of sorting), so a check compares two
+independent computations. The learner's task and its complexity are stated in the notebook.
+Problems whose reference already lives in another module use it directly
+(``formats.coo_to_csr_ref``, ``formats.nm_mask``, ``formats.nm_compress``, ``activations.topk``,
+``activations.kwinners``, ``activations.sparsemax``); this module holds only the rest.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+# ---------------------------------------------------------------- input validation
+
+
+def _check_csr(indptr, indices, data, n_cols: int) -> int:
+    """Validate CSR arrays; return the number of rows. Raises ValueError naming the invariant."""
+    indptr, indices, data = (np.asarray(a) for a in (indptr, indices, data))
+    if indptr.ndim != 1 or indptr.size == 0:
+        raise ValueError(f"indptr must be 1-D with length m+1 >= 1, got shape {indptr.shape}")
+    if indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+        raise ValueError("indptr must start at 0 and be non-decreasing")
+    if indices.shape != data.shape or indices.ndim != 1 or indptr[-1] != indices.size:
+        raise ValueError(f"need len(indices) == len(data) == indptr[-1], got "
+                         f"{indices.shape}, {data.shape}, {indptr[-1]}")
+    if indices.size and (indices.min() < 0 or indices.max() >= n_cols):
+        raise ValueError(f"column indices must lie in [0, {n_cols})")
+    return indptr.size - 1
+
+
+# ---------------------------------------------------------------- sparse formats (scipy oracles)
+
+
+def spmv_oracle(indptr, indices, data, x) -> np.ndarray:
+    """y = A x for A in CSR, computed by scipy."""
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise ValueError(f"x must be 1-D, got shape {x.shape}")
+    m = _check_csr(indptr, indices, data, x.size)
+    return sp.csr_matrix((data, indices, indptr), shape=(m, x.size)) @ x
+
+
+def spmm_oracle(indptr, indices, data, B) -> np.ndarray:
+    """C = A B for A in CSR and dense B (n×k), computed by scipy."""
+    B = np.asarray(B)
+    if B.ndim != 2:
+        raise ValueError(f"B must be 2-D, got shape {B.shape}")
+    m = _check_csr(indptr, indices, data, B.shape[0])
+    return np.asarray(sp.csr_matrix((data, indices, indptr), shape=(m, B.shape[0])) @ B)
+
+
+def coo_matmul_oracle(A, B, shape_a, shape_b) -> np.ndarray:
+    """Dense C = A B for A, B given as COO triplets ``(rows, cols, vals)``; scipy computes it."""
+    if shape_a[1] != shape_b[0]:
+        raise ValueError(f"inner dimensions differ: {shape_a} @ {shape_b}")
+    Sa = sp.coo_matrix((A[2], (A[0], A[1])), shape=shape_a)
+    Sb = sp.coo_matrix((B[2], (B[0], B[1])), shape=shape_b)
+    return (Sa @ Sb).toarray()
+
+
+def dense_to_bsr_oracle(A, blocksize):
+    """BSR of a dense matrix keeping exactly the blocks that hold a nonzero (scipy ``tobsr``)."""
+    A = np.asarray(A)
+    R, C = blocksize
+    if A.ndim != 2 or A.shape[0] % R or A.shape[1] % C:
+        raise ValueError(f"shape {A.shape} is not divisible by blocksize {blocksize}")
+    B = sp.csr_matrix(A).tobsr(blocksize=(R, C))
+    B.sort_indices()
+    return B.indptr.astype(np.int64), B.indices.astype(np.int64), B.data
+
+
+def random_csr(rng: np.random.Generator, m: int, n: int, density: float):
+    """Random CSR arrays ``(indptr, indices, data)`` with sorted columns and float64 values."""
+    A = sp.random(m, n, density=density, format="csr", random_state=rng,
+                  data_rvs=rng.standard_normal)
+    A.sort_indices()
+    return A.indptr.astype(np.int64), A.indices.astype(np.int64), A.data
+
+
+# ---------------------------------------------------------------- measurement, sparse coding, MoE
+
+
+def sequential_zero_fractions(model: nn.Sequential, X: torch.Tensor) -> dict[str, float]:
+    """Fraction of exact zeros in the output of every ``nn.ReLU`` child of a Sequential model,
+    computed by running the children one by one (no hooks)."""
+    if not isinstance(model, nn.Sequential):
+        raise TypeError(f"expected nn.Sequential, got {type(model).__name__}")
+    out, h = {}, X
+    with torch.no_grad():
+        for name, layer in model.named_children():
+            h = layer(h)
+            if isinstance(layer, nn.ReLU):
+                out[name] = (h == 0).float().mean().item()
+    return out
+
+
+def ista_step_oracle(z, D, x, lam: float, eta: float) -> torch.Tensor:
+    """One ISTA step for min ½‖x − Dz‖² + λ‖z‖₁: softshrink(z − η∇, ηλ), ∇ taken by autograd."""
+    z = z.detach().clone().requires_grad_(True)
+    (0.5 * ((x - D @ z) ** 2).sum()).backward()
+    return torch.nn.functional.softshrink(z.detach() - eta * z.grad, eta * lam)
+
+
+def moe_router_oracle(logits: torch.Tensor, k: int, alpha: float = 0.01):
+    """Top-k router: ``(weights, experts, aux_loss)``.
+
+    weights (T×k) = softmax probabilities of the k chosen experts renormalized to sum to 1;
+    aux_loss = α·N·Σᵢ fᵢ Pᵢ with fᵢ the share of the T·k assignments that go to expert i and
+    Pᵢ the mean router probability of expert i (Switch Transformer loss, generalized to top-k).
+    """
+    T, N = logits.shape
+    if not 1 <= k <= N:
+        raise ValueError(f"k must be in [1, {N}], got {k}")
+    probs = logits.softmax(-1)
+    top = probs.topk(k, dim=-1)
+    weights = top.values / top.values.sum(-1, keepdim=True)
+    f = torch.bincount(top.indices.reshape(-1), minlength=N).to(probs.dtype) / (T * k)
+    return weights, top.indices, alpha * N * (f * probs.mean(0)).sum()

@@ -1,0 +1,373 @@
+"""Sparse × dense matrix multiplication (SpMM), C = A·B, in tiers from the formula to a GPU kernel.
+
+A is a ``formats.CSR`` (m×k) or, where the tier supports it, a ``formats.BSR``; B is a dense k×n
+NumPy array or torch tensor; C is m×n, of the same kind (and device) as B. Every tier computes
+
+    C[i, :] = Σ_{p = indptr[i]}^{indptr[i+1]-1} data[p] · B[indices[p], :]
+
+(for BSR the same sum runs over blocks: C[block row I] = Σ_p data[p] @ B[block column indices[p]]).
+
+Tiers (``IMPLEMENTATIONS``):
+
+- ``python``   row loop, the reference; reads like the formula.
+- ``numpy``    vectorized: gather rows of B, scale, segment-sum by row (no loop over nonzeros).
+- ``torch``    the same gather / scale / ``index_add_`` in torch; CPU and CUDA tensors.
+- ``cpu_fast`` our multi-core CPU kernel (numba ``prange`` over rows), CSR only.
+- ``triton``   a CSR row-split kernel and a BSR block kernel; native on CUDA, and on CPU through
+               the Triton interpreter (``TRITON_INTERPRET=1``, set here when no CUDA device exists).
+
+``spmm(A, B, impl="auto")`` checks the operands, converts B to the tier's array kind and back.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import torch
+
+if not torch.cuda.is_available():  # must precede every @triton.jit below (read at decoration time)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numba  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from .formats import BSR, CSR  # noqa: E402
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: elements of the (nnz × n) temporary the vectorized tiers build per chunk of rows (≈ 32 MiB fp32)
+CHUNK_ELEMENTS = 1 << 23
+
+
+# --------------------------------------------------------------------------------------------
+# operand checks and conversions
+# --------------------------------------------------------------------------------------------
+
+def _np_dtype(x) -> np.dtype:
+    """The NumPy dtype of a NumPy array or torch tensor."""
+    if isinstance(x, torch.Tensor):
+        return np.dtype(str(x.dtype).removeprefix("torch."))
+    return np.asarray(x).dtype
+
+
+def _device(x) -> str:
+    """'cpu' for NumPy arrays, the torch device string (e.g. 'cuda:0') for tensors."""
+    return str(x.device) if isinstance(x, torch.Tensor) else "cpu"
+
+
+def check_operands(A, B) -> None:
+    """Raise TypeError/ValueError unless A (CSR or BSR) and the dense 2-D B can be multiplied."""
+    if not isinstance(A, (CSR, BSR)):
+        raise TypeError(f"A must be a formats.CSR or formats.BSR, got {type(A).__name__}")
+    if not isinstance(B, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"B must be a NumPy array or torch tensor, got {type(B).__name__}")
+    if B.ndim != 2:
+        raise ValueError(f"B must be 2-D, got shape {tuple(B.shape)} ({B.ndim}-D)")
+    if A.shape[1] != B.shape[0]:
+        raise ValueError(f"shape mismatch: A is {tuple(A.shape)}, B is {tuple(B.shape)} "
+                         f"(A.shape[1] = {A.shape[1]} must equal B.shape[0] = {B.shape[0]})")
+    a_dt, b_dt = _np_dtype(A.data), _np_dtype(B)
+    if b_dt not in FLOAT_DTYPES:
+        raise TypeError(f"B must be float32 or float64, got {b_dt}")
+    if a_dt != b_dt:
+        raise TypeError(f"dtype mismatch: A.data is {a_dt}, B is {b_dt}")
+
+
+def _check_device(impl: str, B) -> None:
+    """The CPU tiers need B in host memory; native Triton needs B on the GPU (A moves to B's device)."""
+    device = _device(B)
+    if TIER_KIND[impl] == "numpy" and device != "cpu":
+        raise ValueError(f"device mismatch: impl {impl!r} runs on the CPU, B is on {device}")
+    if impl == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("device mismatch: impl 'triton' needs B on a CUDA device here "
+                         "(a CUDA device exists, so the CPU interpreter is off)")
+
+
+def _torch_arrays(A, device):
+    """(indptr, indices, data) of A as torch tensors on ``device`` (zero-copy on the CPU)."""
+    return tuple(_as_torch(x, device) for x in (A.indptr, A.indices, A.data))
+
+
+def _as_torch(x, device="cpu") -> torch.Tensor:
+    """Tensor view of an array; formats arrays are read-only and the tiers never write to them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(x, device=device)
+
+
+def _row_chunks(indptr, width: int):
+    """Split rows into [r0, r1) ranges whose nonzeros × ``width`` stay near ``CHUNK_ELEMENTS``.
+
+    Bounds the temporary of the vectorized tiers; a row longer than the budget is its own chunk.
+    """
+    ptr = np.asarray(indptr.cpu() if isinstance(indptr, torch.Tensor) else indptr, dtype=np.int64)
+    per_chunk = max(1, CHUNK_ELEMENTS // max(width, 1))
+    m, r0 = len(ptr) - 1, 0
+    while r0 < m:
+        r1 = int(np.searchsorted(ptr, ptr[r0] + per_chunk, side="right")) - 1
+        r1 = min(max(r1, r0 + 1), m)
+        yield r0, r1
+        r0 = r1
+
+
+def _bsr_geometry(A):
+    """(R, Cb, number of block rows) of a BSR."""
+    R, Cb = A.blocksize
+    return R, Cb, A.shape[0] // R
+
+
+# --------------------------------------------------------------------------------------------
+# tier "python": the reference
+# --------------------------------------------------------------------------------------------
+
+def spmm_python(A, B: np.ndarray) -> np.ndarray:
+    """Row loop: C[i] = Σ_p data[p] · B[indices[p]] over the nonzeros p of row i (BSR: of block row i)."""
+    indptr, indices, data = A.indptr, A.indices, A.data
+    C = np.zeros((A.shape[0], B.shape[1]), dtype=B.dtype)
+    if isinstance(A, BSR):
+        R, Cb, mb = _bsr_geometry(A)
+        for i in range(mb):
+            for p in range(indptr[i], indptr[i + 1]):
+                j = indices[p]
+                C[i * R:(i + 1) * R] += data[p] @ B[j * Cb:(j + 1) * Cb]
+        return C
+    for i in range(A.shape[0]):
+        for p in range(indptr[i], indptr[i + 1]):
+            C[i] += data[p] * B[indices[p]]
+    return C
+
+
+# --------------------------------------------------------------------------------------------
+# tier "numpy": gather, scale, segment-sum
+# --------------------------------------------------------------------------------------------
+
+def _segment_sum(products: np.ndarray, local_ptr: np.ndarray, out: np.ndarray) -> None:
+    """out[r] = Σ products[local_ptr[r]:local_ptr[r+1]] for every nonempty segment r (sorted rows)."""
+    nonempty = np.flatnonzero(np.diff(local_ptr))
+    if nonempty.size:
+        out[nonempty] = np.add.reduceat(products, local_ptr[nonempty], axis=0)
+
+
+def spmm_numpy(A, B: np.ndarray) -> np.ndarray:
+    """Vectorized: P = data[:, None] · B[indices] (one product row per nonzero), then C[i] = Σ_{p∈row i} P[p].
+
+    The segment sum is ``np.add.reduceat`` at the row starts; rows are processed in chunks so the
+    (nnz × n) temporary stays bounded. BSR: P[p] = data[p] @ B[block column indices[p]].
+    """
+    indptr, indices, data = A.indptr, A.indices, A.data
+    indptr = indptr.astype(np.int64)
+    n = B.shape[1]
+    if isinstance(A, BSR):
+        R, Cb, mb = _bsr_geometry(A)
+        B_blocks = B.reshape(-1, Cb, n)
+        C = np.zeros((mb, R, n), dtype=B.dtype)
+        product = lambda lo, hi: np.matmul(data[lo:hi], B_blocks[indices[lo:hi]])  # noqa: E731
+        width = R * n
+    else:
+        C = np.zeros((A.shape[0], n), dtype=B.dtype)
+        product = lambda lo, hi: data[lo:hi, None] * B[indices[lo:hi]]  # noqa: E731
+        width = n
+    for r0, r1 in _row_chunks(indptr, width):
+        lo, hi = indptr[r0], indptr[r1]
+        _segment_sum(product(lo, hi), indptr[r0:r1 + 1] - lo, C[r0:r1])
+    return C.reshape(A.shape[0], n)
+
+
+# --------------------------------------------------------------------------------------------
+# tier "torch": gather, scale, index_add_ (any device)
+# --------------------------------------------------------------------------------------------
+
+def spmm_torch(A, B: torch.Tensor) -> torch.Tensor:
+    """Vectorized torch: C.index_add_(0, row_of_nonzero, data[:, None] · B[indices]), on B's device.
+
+    BSR: the products are the batched block products data[p] @ B[block column indices[p]].
+    """
+    indptr, indices, data = _torch_arrays(A, B.device)
+    n = B.shape[1]
+    counts = torch.diff(indptr)
+    if isinstance(A, BSR):
+        R, Cb, mb = _bsr_geometry(A)
+        B_blocks = B.reshape(-1, Cb, n)
+        C = torch.zeros((mb, R, n), dtype=B.dtype, device=B.device)
+        product = lambda lo, hi: torch.bmm(data[lo:hi], B_blocks[indices[lo:hi]])  # noqa: E731
+        width = R * n
+    else:
+        C = torch.zeros((A.shape[0], n), dtype=B.dtype, device=B.device)
+        product = lambda lo, hi: data[lo:hi, None] * B[indices[lo:hi]]  # noqa: E731
+        width = n
+    for r0, r1 in _row_chunks(indptr, width):
+        lo, hi = int(indptr[r0]), int(indptr[r1])
+        rows = torch.repeat_interleave(torch.arange(r1 - r0, device=B.device), counts[r0:r1])
+        C[r0:r1].index_add_(0, rows, product(lo, hi))
+    return C.reshape(A.shape[0], n)
+
+
+# --------------------------------------------------------------------------------------------
+# tier "cpu_fast": numba, parallel over rows
+# --------------------------------------------------------------------------------------------
+
+@numba.njit(parallel=True, cache=True)
+def _csr_spmm_rows(indptr, indices, data, B, C):  # pragma: no cover  (compiled)
+    """C[i, :] += data[p] · B[indices[p], :] for p in row i; rows split across threads."""
+    n = B.shape[1]
+    for i in numba.prange(indptr.shape[0] - 1):
+        for p in range(indptr[i], indptr[i + 1]):
+            v = data[p]
+            k = indices[p]
+            for j in range(n):
+                C[i, j] += v * B[k, j]
+
+
+def spmm_cpu_fast(A, B: np.ndarray) -> np.ndarray:
+    """Multi-core CSR SpMM compiled by numba: ``prange`` over output rows.
+
+    What it optimizes, and why it is correct without locks:
+    - threads own disjoint output rows, so there are no write conflicts and no atomics;
+    - the innermost loop runs over the n contiguous columns of one B row and one C row, which
+      LLVM turns into SIMD fused multiply-adds; the C row (n·4 bytes) stays in L1 while the
+      row's nonzeros stream B rows through it, so C is written once per row;
+    - no temporaries: memory traffic is the CSR arrays, the gathered B rows and C, once each.
+    The loop nest is scipy's ``csr_matvecs`` (single-threaded) run on all cores.
+    """
+    if isinstance(A, BSR):
+        raise TypeError("the cpu_fast tier supports CSR only; use impl='numpy' or 'torch' for BSR")
+    indptr, indices, data = A.indptr, A.indices, A.data
+    C = np.zeros((A.shape[0], B.shape[1]), dtype=B.dtype)
+    _csr_spmm_rows(indptr, indices, data, np.ascontiguousarray(B), C)
+    return C
+
+
+# --------------------------------------------------------------------------------------------
+# tier "triton": CSR row-split kernel and BSR block kernel
+# --------------------------------------------------------------------------------------------
+
+@triton.jit
+def _csr_spmm_kernel(indptr, indices, data, B, C, N, stride_b, stride_c,
+                     BLOCK_N: tl.constexpr, BLOCK_NNZ: tl.constexpr):
+    """Program (row, column tile): C[row, tile] = Σ_p data[p] · B[indices[p], tile], BLOCK_NNZ nonzeros a step."""
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = cols < N
+    # the grid has exactly M rows, so indptr[row] and indptr[row + 1] are in bounds
+    start = tl.load(indptr + row).to(tl.int64)
+    end = tl.load(indptr + row + 1).to(tl.int64)
+    acc = tl.zeros([BLOCK_N], dtype=C.dtype.element_ty)
+    for p0 in range(start, end, BLOCK_NNZ):
+        p = p0 + tl.arange(0, BLOCK_NNZ)
+        p_ok = p < end
+        k = tl.load(indices + p, mask=p_ok, other=0).to(tl.int64)
+        v = tl.load(data + p, mask=p_ok, other=0.0)
+        b = tl.load(B + k[:, None] * stride_b + cols[None, :],
+                    mask=p_ok[:, None] & col_ok[None, :], other=0.0)
+        acc += tl.sum(v[:, None] * b, axis=0)
+    tl.store(C + row * stride_c + cols, acc, mask=col_ok)
+
+
+@triton.jit
+def _bsr_spmm_kernel(indptr, indices, data, B, C, N, stride_b, stride_c,
+                     R: tl.constexpr, CB: tl.constexpr, RP: tl.constexpr, CP: tl.constexpr,
+                     BLOCK_N: tl.constexpr, USE_DOT: tl.constexpr):
+    """Program (block row I, column tile): C[I·R:(I+1)·R, tile] = Σ_p data[p] @ B[indices[p]·CB:…, tile].
+
+    R×CB blocks are padded to powers of two RP×CP (masked); with USE_DOT the block product is a
+    ``tl.dot`` (tensor cores on a GPU), else a broadcast multiply and sum.
+    """
+    brow = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    r = tl.arange(0, RP)
+    c = tl.arange(0, CP)
+    col_ok = cols < N
+    blk_ok = (r[:, None] < R) & (c[None, :] < CB)
+    start = tl.load(indptr + brow).to(tl.int64)
+    end = tl.load(indptr + brow + 1).to(tl.int64)
+    acc = tl.zeros([RP, BLOCK_N], dtype=C.dtype.element_ty)
+    for p in range(start, end):
+        blk = tl.load(data + p * (R * CB) + r[:, None] * CB + c[None, :], mask=blk_ok, other=0.0)
+        k = tl.load(indices + p).to(tl.int64)
+        b = tl.load(B + (k * CB + c)[:, None] * stride_b + cols[None, :],
+                    mask=(c[:, None] < CB) & col_ok[None, :], other=0.0)
+        if USE_DOT:
+            acc += tl.dot(blk, b, input_precision="ieee")
+        else:
+            acc += tl.sum(blk[:, :, None] * b[None, :, :], axis=1)
+    out = (brow * R + r).to(tl.int64)
+    tl.store(C + out[:, None] * stride_c + cols[None, :], acc,
+             mask=(r[:, None] < R) & col_ok[None, :])
+
+
+def spmm_triton(A, B: torch.Tensor, block_n: int = 32, block_nnz: int = 16) -> torch.Tensor:
+    """Launch the CSR row-split kernel (grid rows × ⌈n/block_n⌉) or the BSR block kernel (block rows × …).
+
+    Row-split: one program per output row and column tile; rows with many nonzeros take longer
+    (load imbalance). BSR: one program per block row; each step is a dense R×CB block product.
+    """
+    indptr, indices, data = _torch_arrays(A, B.device)
+    B = B.contiguous()
+    m, n = A.shape[0], B.shape[1]
+    C = torch.empty((m, n), dtype=B.dtype, device=B.device)
+    if m == 0 or n == 0:
+        return C.zero_()
+    block_n = min(block_n, triton.next_power_of_2(n))
+    if isinstance(A, BSR):
+        R, Cb, mb = _bsr_geometry(A)
+        RP, CP = triton.next_power_of_2(R), triton.next_power_of_2(Cb)
+        use_dot = min(RP, CP, block_n) >= 16 and B.dtype != torch.float64
+        _bsr_spmm_kernel[(mb, triton.cdiv(n, block_n))](
+            indptr, indices, data.contiguous(), B, C, n, B.stride(0), C.stride(0),
+            R=R, CB=Cb, RP=RP, CP=CP, BLOCK_N=block_n, USE_DOT=use_dot)
+    else:
+        _csr_spmm_kernel[(m, triton.cdiv(n, block_n))](
+            indptr, indices, data, B, C, n, B.stride(0), C.stride(0),
+            BLOCK_N=block_n, BLOCK_NNZ=block_nnz)
+    return C
+
+
+# --------------------------------------------------------------------------------------------
+# registry and public entry points
+# --------------------------------------------------------------------------------------------
+
+#: name → tier function f(A, B) on the tier's native array kind (see ``TIER_KIND``)
+IMPLEMENTATIONS = {
+    "python": spmm_python,
+    "numpy": spmm_numpy,
+    "torch": spmm_torch,
+    "cpu_fast": spmm_cpu_fast,
+    "triton": spmm_triton,
+}
+#: the array kind each tier takes and returns
+TIER_KIND = {"python": "numpy", "numpy": "numpy", "cpu_fast": "numpy", "torch": "torch", "triton": "torch"}
+
+
+def pick_impl(A, B) -> str:
+    """The tier "auto" uses: on CUDA the Triton kernel; on CPU cpu_fast for CSR (fastest in the
+    spmm benchmark) and numpy for BSR (batched block products)."""
+    if _device(B).startswith("cuda"):
+        return "triton"
+    return "numpy" if isinstance(A, BSR) else "cpu_fast"
+
+
+def spmm(A, B, impl: str = "auto"):
+    """C = A·B for sparse A (CSR/BSR) and dense 2-D B; C has B's kind (NumPy/torch), dtype and device."""
+    check_operands(A, B)
+    if impl == "auto":
+        impl = pick_impl(A, B)
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown impl {impl!r}; choose one of {['auto', *IMPLEMENTATIONS]}")
+    _check_device(impl, B)
+    is_torch = isinstance(B, torch.Tensor)
+    if TIER_KIND[impl] == "numpy":
+        C = IMPLEMENTATIONS[impl](A, B.detach().numpy() if is_torch else B)
+        return torch.from_numpy(C) if is_torch else C
+    C = IMPLEMENTATIONS[impl](A, B if is_torch else _as_torch(B))
+    return C if is_torch else C.numpy()
+
+
+def spmv(A, x, impl: str = "auto"):
+    """y = A·x for a 1-D x (NumPy or torch): y[i] = Σ_p data[p] · x[indices[p]]."""
+    if not isinstance(x, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"x must be a NumPy array or torch tensor, got {type(x).__name__}")
+    if x.ndim != 1:
+        raise ValueError(f"x must be 1-D, got shape {tuple(x.shape)}")
+    return spmm(A, x[:, None], impl)[:, 0]
