@@ -14,7 +14,7 @@ Usage::
 
     python -m course_lib.exercises                 # regenerate exercises/ from solutions/
     python -m course_lib.exercises --check         # exit 1 if exercises/ is out of date
-    python -m course_lib.exercises --strip NB ...  # strip outputs of notebooks in place
+    python -m course_lib.exercises --strip NB ...  # strip outputs (and jupytext metadata) in place
 """
 
 from __future__ import annotations
@@ -53,12 +53,20 @@ def _replace_blocks(source: str, replacement: str, where: str) -> str:
     return "\n".join(out)
 
 
+KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+
+
 def strip_outputs(nb):
-    """Remove outputs, execution counts and execution metadata (in place; returns nb)."""
+    """Store a notebook the course's way (in place; returns nb): no outputs or execution
+    counts, no execution/jupytext metadata, the ``python3`` kernel."""
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-        cell.metadata.pop("execution", None)
+        for key in ("execution", "lines_to_next_cell"):
+            cell.metadata.pop(key, None)
+    nb.metadata.pop("jupytext", None)
+    nb.metadata["kernelspec"] = dict(KERNELSPEC)
+    nb.metadata["language_info"] = {"name": "python"}
     return nb
 
 

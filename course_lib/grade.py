@@ -124,16 +124,18 @@ def score(notebooks: list[Path], cells: list[dict]) -> list[Result]:
     for c in cells:
         by_nb.setdefault(c["path"], []).append(c)
     for (nb_path, ex_id), r in results.items():
-        checks = [c for c in by_nb.get(nb_path, [])
+        cells_here = by_nb.get(nb_path, [])
+        checks = [c for c in cells_here
                   if c["meta"].get("exercise") == ex_id and "points" in c["meta"]]
         failed = [c for c in checks if not c["passed"]]
         if checks and not failed:
             r.status, r.earned, r.feedback = "pass", r.points, "all checks passed"
-        elif failed:
-            r.feedback = failed[0]["error"] or "the check cell failed"
-        else:
-            earlier = [c for c in by_nb.get(nb_path, []) if not c["passed"]]
-            r.feedback = ("not run: " + earlier[0]["error"]) if earlier else "check cell not run"
+            continue
+        r.feedback = (failed[0]["error"] or "the check cell failed") if failed else "check not run"
+        first_failure = next((c for c in cells_here if not c["passed"]), None)
+        if first_failure is not None and "points" not in first_failure["meta"] \
+                and first_failure["meta"].get("exercise") != ex_id:
+            r.feedback += f" (an earlier cell failed first: {first_failure['error']})"
     return list(results.values())
 
 

@@ -1,0 +1,183 @@
+"""The ``spmm`` benchmark suite: our SpMM tiers vs scipy.sparse, torch.sparse.mm and dense matmul.
+
+``python -m course_lib.bench spmm [--quick] [--device cpu|cuda] [--out DIR]``
+
+For every shape (m×k sparse A, k×n dense B, fp32) and density it times each method with
+``bench.measure`` (warm-up, median of repeats) on fresh inputs: a new random B before every
+run and A cycled through a pool of independently drawn matrices whose total size exceeds the
+last-level cache, so no run finds the previous run's A in cache. It reports
+
+- ``gflops``: useful work 2·nnz·n / time (dense: 2·m·k·n, the same product computed densely);
+- ``gbps``: compulsory bytes / time, bytes = A's storage + B + C, each moved once;
+- ``bound_s``: the memory roofline bound, bytes / measured bandwidth (``bench.memory_bandwidth``);
+- ``vs_scipy``, ``vs_dense``: time ratios to scipy and to dense at the same shape and density.
+
+Writes ``spmm.csv`` (metadata: machine, bandwidth, command, date) and ``spmm.png``
+(time vs density, the dense line and the crossover densities marked).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+from pathlib import Path
+
+import numba
+import torch
+
+from . import bench, data, spmm
+
+FULL = dict(shapes=[(4096, 4096, 64), (4096, 4096, 256)],
+            densities=[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5], repeats=10)
+QUICK = dict(shapes=[(1024, 1024, 64)], densities=[0.001, 0.01, 0.1, 0.5], repeats=5)
+#: methods per device; "dense" is torch.mm on the densified A (MKL/oneDNN, cuBLAS)
+METHODS = {"cpu": ["numpy", "torch", "cpu_fast", "scipy", "torch_sparse", "dense"],
+           "cuda": ["torch", "triton", "torch_sparse", "dense"]}
+POOL_BYTES = 64 * 2**20  # > the 32 MiB L3 of the machine the book's CSV was measured on
+BUDGET_S = 2.0  # target timed seconds per (method, shape, density): fewer repeats for slow calls
+
+
+def _operands(A: "spmm.CSR", device: str) -> dict:
+    """A in the form each method takes: CSR (our tiers), scipy, torch sparse CSR, dense tensor."""
+    return {"csr": A, "scipy": A.to_scipy(), "torch_sparse": A.to_torch(device=device),
+            "dense": torch.from_numpy(A.to_dense()).to(device)}
+
+
+def _call(method: str):
+    """f(operands, B) for a method; B is a torch tensor on the benchmark's device."""
+    if method == "scipy":
+        return lambda ops, B: ops["scipy"] @ B.numpy()
+    if method == "torch_sparse":
+        return lambda ops, B: torch.sparse.mm(ops["torch_sparse"], B)
+    if method == "dense":
+        return lambda ops, B: torch.mm(ops["dense"], B)
+    tier = spmm.IMPLEMENTATIONS[method]
+    if spmm.TIER_KIND[method] == "numpy":
+        return lambda ops, B: tier(ops["csr"], B.numpy())
+    return lambda ops, B: tier(ops["csr"], B)
+
+
+def traffic_bytes(method: str, m: int, k: int, n: int, nnz: int, itemsize: int = 4,
+                  index_bytes: int = 4) -> int:
+    """Compulsory bytes: A once (CSR: (m+1)+nnz indices, nnz values; dense: m·k values), B and C once."""
+    a = m * k * itemsize if method == "dense" else (m + 1 + nnz) * index_bytes + nnz * itemsize
+    return a + (k * n + m * n) * itemsize
+
+
+def run(shapes, densities, repeats: int, device: str = "cpu", seed: int = 0,
+        methods=None, log=print) -> tuple[list[dict], dict]:
+    """Measure every method on every (shape, density); returns (rows, metadata)."""
+    methods = methods or METHODS[device.split(":")[0]]
+    bandwidth = bench.memory_bandwidth(device=device)
+    meta = {**bench.machine_info(device), "bandwidth_GBps": round(bandwidth, 2),
+            "numba_threads": numba.get_num_threads(),
+            "triton_interpret": os.environ.get("TRITON_INTERPRET", "0")}
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for m, k, n in shapes:
+        for density in densities:
+            one = data.make_sparse_matrix(m, k, density, seed=seed)
+            pool_size = int(min(8, max(2, math.ceil(POOL_BYTES / max(one.nbytes, 1)))))
+            pool = [_operands(data.make_sparse_matrix(m, k, density, seed=seed + i), device)
+                    for i in range(pool_size)]
+            nnz = pool[0]["csr"].nnz
+            turn = iter(range(10**9))
+
+            def make_inputs():
+                B = torch.randn(k, n, generator=gen).to(device)
+                return pool[next(turn) % pool_size], B
+
+            times = {}
+            for method in methods:
+                fn = _call(method)
+                probe = bench.measure(fn, make_inputs, repeats=1, warmup=1, device=device)
+                reps = int(min(repeats, max(3, BUDGET_S // max(probe.median, 1e-9))))
+                t = bench.measure(fn, make_inputs, repeats=reps, warmup=1, device=device)
+                times[method] = t
+                flops = 2 * (m * k if method == "dense" else nnz) * n
+                nbytes = traffic_bytes(method, m, k, n, nnz)
+                rows.append(dict(method=method, m=m, k=k, n=n, density=density, nnz=nnz,
+                                 median_s=t.median, q1_s=t.q1, q3_s=t.q3, repeats=t.repeats,
+                                 gflops=flops / t.median / 1e9, gbps=nbytes / t.median / 1e9,
+                                 bound_s=nbytes / (bandwidth * 1e9)))
+            for row in rows[-len(methods):]:
+                row["vs_scipy"] = row["median_s"] / times["scipy"].median if "scipy" in times else ""
+                row["vs_dense"] = row["median_s"] / times["dense"].median
+            log(f"{m}x{k}x{n} density {density:.3%}: " + ", ".join(
+                f"{name} {t.median * 1e3:.2f} ms" for name, t in times.items()))
+    return rows, meta
+
+
+def crossover_density(rows: list[dict], method: str, shape=None) -> float:
+    """Density at which ``method`` becomes as slow as dense (log-log interpolation between the
+    measured densities); ``inf`` if it stays faster, 0 if it is never faster."""
+    shape = shape or (rows[0]["m"], rows[0]["k"], rows[0]["n"])
+    pick = lambda name: sorted((r["density"], r["median_s"]) for r in rows  # noqa: E731
+                               if r["method"] == name and (r["m"], r["k"], r["n"]) == tuple(shape))
+    dense = dict(pick("dense"))
+    ratio = [(d, t / dense[d]) for d, t in pick(method)]
+    if not ratio or ratio[0][1] >= 1:
+        return 0.0
+    for (d0, r0), (d1, r1) in zip(ratio, ratio[1:]):
+        if r1 >= 1:
+            w = math.log(r0) / (math.log(r0) - math.log(r1))
+            return float(math.exp(math.log(d0) + w * (math.log(d1) - math.log(d0))))
+    return math.inf
+
+
+def plot(rows: list[dict], shape=None, ax=None, title: str | None = None):
+    """Time vs density (log-log) per method at one shape; dense dashed; crossovers marked."""
+    import matplotlib.pyplot as plt
+    shape = tuple(shape or (rows[0]["m"], rows[0]["k"], rows[0]["n"]))
+    sel = [r for r in rows if (r["m"], r["k"], r["n"]) == shape]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.5))
+    for method in dict.fromkeys(r["method"] for r in sel):
+        pts = sorted((r["density"], r["median_s"] * 1e3) for r in sel if r["method"] == method)
+        d, t = zip(*pts)
+        style = dict(ls="--", color="k") if method == "dense" else dict(marker="o", ms=3)
+        line, = ax.plot(d, t, label=method, **style)
+        if method != "dense":
+            x = crossover_density(sel, method, shape)
+            if 0 < x < math.inf:
+                ax.axvline(x, color=line.get_color(), lw=0.8, ls=":")
+                ax.annotate(f"{x:.1%}", (x, ax.get_ylim()[0]), color=line.get_color(),
+                            rotation=90, va="bottom", ha="right", fontsize=8)
+    ax.set(xscale="log", yscale="log", xlabel="density of A (nnz / m·k)", ylabel="time per call (ms)",
+           title=title or f"SpMM {shape[0]}×{shape[1]} · {shape[1]}×{shape[2]}, fp32")
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.1%}".replace(".0%", "%")))
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    return ax
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m course_lib.bench spmm", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="one small shape, 4 densities (< 1 min)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--out", default="bench_out", help="directory for spmm.csv and spmm.png")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device is available", file=sys.stderr)
+        return 2
+    cfg = QUICK if args.quick else FULL
+    rows, meta = run(cfg["shapes"], cfg["densities"], cfg["repeats"], device=args.device)
+    meta["command"] = "python -m course_lib.bench spmm " + " ".join(argv if argv is not None else sys.argv[1:])
+    out = Path(args.out)
+    path = bench.write_csv(rows, out / "spmm.csv", meta)
+    import matplotlib
+    matplotlib.use("Agg")
+    ax = plot(rows)
+    ax.figure.tight_layout()
+    ax.figure.savefig(out / "spmm.png", dpi=120)
+    for method in dict.fromkeys(r["method"] for r in rows):
+        if method != "dense":
+            print(f"crossover vs dense, {method}: {crossover_density(rows, method):.2%}")
+    print(f"wrote {path} and {out / 'spmm.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
