@@ -80,7 +80,8 @@ def make_exercise(nb, src_name: str):
             if _GATE.match(cell.source):
                 continue
             cell.source = _replace_blocks(cell.source, "*Write your answer here.*", where)
-        elif cell.cell_type == "code" and BEGIN in cell.source:
+        elif cell.cell_type == "code" and (BEGIN in cell.source or END in cell.source):
+            _replace_blocks(cell.source, "", where)  # malformed markers fail before the id check
             ex_id = cell.metadata.get("course", {}).get("exercise")
             if not ex_id:
                 raise ValueError(f"{where}: a solution cell needs metadata course.exercise")

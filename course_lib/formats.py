@@ -243,10 +243,14 @@ class CSR:
 
     def to_torch(self, device=None):
         """A ``torch.sparse_csr_tensor`` sharing nothing with this object."""
+        import warnings
+
         import torch
-        return torch.sparse_csr_tensor(torch.tensor(self.indptr), torch.tensor(self.indices),
-                                       torch.tensor(self.data), size=self.shape, device=device,
-                                       check_invariants=False)  # validated on construction
+        with warnings.catch_warnings():  # torch flags its CSR support as "beta" on every call
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(torch.tensor(self.indptr), torch.tensor(self.indices),
+                                           torch.tensor(self.data), size=self.shape,
+                                           device=device, check_invariants=False)  # validated
 
     def to_bsr(self, blocksize: tuple[int, int]) -> "BSR":
         """Group entries into R×C blocks; a block is stored if any entry of it is stored."""

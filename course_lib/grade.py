@@ -5,6 +5,8 @@ timeout so an endless loop fails that exercise instead of hanging). Graded check
 ``metadata.course = {"exercise": id, "points": p}``; an exercise earns its points when all its
 check cells pass. The learner's notebook is only read, never written.
 
+``--json`` prints ``{"results": [per exercise], "cells": [per executed code cell]}``.
+
 Exit status: 0 when every exercise passes, 1 when some fail, 2 (with a one-line message) for a
 missing path or an unreadable notebook.
 """
@@ -74,7 +76,9 @@ class _Collector:
 
     def pytest_runtest_logreport(self, report):
         if report.when == "call" or (report.when == "setup" and report.failed):
-            self.cells.append({"path": getattr(report, "course_path", ""), "passed": report.passed,
+            self.cells.append({"path": getattr(report, "course_path", ""),
+                               "cell": getattr(report, "course_cell", -1),
+                               "passed": report.passed,
                                "meta": getattr(report, "course_meta", {}),
                                "error": getattr(report, "course_error", "")})
 
@@ -84,6 +88,7 @@ class _Collector:
         report = outcome.get_result()
         cell = getattr(item, "cell", None)
         report.course_path = str(Path(str(item.fspath)).resolve())
+        report.course_cell = getattr(item, "cell_num", -1)
         report.course_meta = dict(cell.metadata.get("course", {})) if cell is not None else {}
         errors = [o for o in (getattr(item, "test_outputs", None) or []) if "ename" in o]
         if errors:
@@ -165,9 +170,10 @@ def main(argv=None) -> int:
     except GradeError as exc:
         print(f"grade: error: {exc}", file=sys.stderr)
         return 2
-    results = score(notebooks, run_notebooks(notebooks, args.timeout))
+    cells = run_notebooks(notebooks, args.timeout)
+    results = score(notebooks, cells)
     if args.json:
-        print(json.dumps([asdict(r) for r in results], indent=1))
+        print(json.dumps({"results": [asdict(r) for r in results], "cells": cells}, indent=1))
     else:
         print(format_table(results))
     return 0 if results and all(r.status == "pass" for r in results) else 1

@@ -15,7 +15,7 @@ import numpy as np
 __all__ = ["check_function", "check_close", "check_value", "check_true", "compare_outputs",
            "describe"]
 
-_PRINT = dict(threshold=40, edgeitems=3, precision=4, linewidth=100)
+_PRINT = dict(threshold=40, edgeitems=3, precision=4, max_line_width=100)
 
 
 def _is_tensor(x) -> bool:
@@ -62,8 +62,9 @@ def compare_outputs(expected, got, rtol: float = 1e-5, atol: float = 1e-8,
         return None
     if _is_tensor(expected) and not _is_tensor(got):
         return f"expected a torch tensor, got {type(got).__name__}"
-    if isinstance(expected, np.ndarray) or _is_tensor(expected) or np.isscalar(expected):
-        if np.isscalar(expected) and got is None:
+    numeric = isinstance(expected, (bool, int, float, complex, np.number))
+    if isinstance(expected, np.ndarray) or _is_tensor(expected) or numeric:
+        if numeric and got is None:
             return "got None (did you forget to return?)"
         try:
             e, g = _to_numpy(expected), _to_numpy(got)
@@ -79,10 +80,12 @@ def compare_outputs(expected, got, rtol: float = 1e-5, atol: float = 1e-8,
             if g.dtype.kind not in "biufc":
                 return f"dtype {g.dtype} is not numeric"
             bad = ~np.isclose(g, e, rtol=rtol, atol=atol, equal_nan=True)
+        if bad.ndim == 0 and bad:
+            return f"got {g.item()!r}, expected {e.item()!r}"
         if np.any(bad):
-            pos = tuple(int(p) for p in np.argwhere(bad)[0]) if bad.ndim else ()
+            pos = tuple(int(p) for p in np.argwhere(bad)[0])
             return (f"{int(np.sum(bad))} of {bad.size} values differ; first at index {pos}: "
-                    f"got {g[pos]!r}, expected {e[pos]!r}")
+                    f"got {g[pos].item()!r}, expected {e[pos].item()!r}")
         return None
     return None if got == expected else f"got {got!r}, expected {expected!r}"
 
