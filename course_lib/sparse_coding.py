@@ -24,14 +24,24 @@ __all__ = [
 
 # ---------------------------------------------------------------- data: patches and whitening
 
-def load_gray_images() -> list[np.ndarray]:
+def load_gray_images(downsample: int = 1) -> list[np.ndarray]:
     """scikit-learn's two bundled photographs (china, flower) as float64 grey images in [0, 1].
 
-    Grey = mean of the RGB channels.  Offline: the JPEGs ship with scikit-learn.
+    Grey = mean of the RGB channels; ``downsample`` = s averages s×s pixel blocks, which damps
+    JPEG artifacts and puts more image structure into a small patch.  Offline: the JPEGs ship
+    with scikit-learn.
     """
     from sklearn.datasets import load_sample_images
 
-    return [img.astype(np.float64).mean(axis=2) / 255.0 for img in load_sample_images().images]
+    if not isinstance(downsample, int) or downsample < 1:
+        raise ValueError(f"downsample must be a positive int, got {downsample!r}")
+    s = downsample
+    out = []
+    for img in load_sample_images().images:
+        g = img.astype(np.float64).mean(axis=2) / 255.0
+        h, w = g.shape[0] // s, g.shape[1] // s
+        out.append(g[:h * s, :w * s].reshape(h, s, w, s).mean(axis=(1, 3)))
+    return out
 
 
 def extract_patches(images, patch_size: int, n_patches: int, seed: int = 0) -> np.ndarray:
@@ -84,13 +94,13 @@ def zca_whiten(X: np.ndarray, eps_rel: float = 0.1):
     return Xc @ W, W, mu
 
 
-def natural_patches(patch_size: int = 8, n_patches: int = 20000, eps_rel: float = 0.1,
-                    seed: int = 0, dtype: torch.dtype = torch.float32):
+def natural_patches(patch_size: int = 8, n_patches: int = 20000, eps_rel: float = 1.0,
+                    downsample: int = 2, seed: int = 0, dtype: torch.dtype = torch.float32):
     """Whitened patches of the bundled photographs as a torch tensor (n, p²), plus the raw patches.
 
     Returns ``(X_white, X_raw)``; ``X_raw`` (DC removed, not whitened) is what PCA is shown on.
     """
-    raw = extract_patches(load_gray_images(), patch_size, n_patches, seed)
+    raw = extract_patches(load_gray_images(downsample), patch_size, n_patches, seed)
     white, _, _ = zca_whiten(raw, eps_rel)
     return torch.as_tensor(white, dtype=dtype), torch.as_tensor(raw, dtype=dtype)
 
