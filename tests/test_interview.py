@@ -1,0 +1,173 @@
+"""Tests of the interview question bank (schema, links, evidence) and of course_lib.interview."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from course_lib import interview as iv
+
+ROOT = Path(__file__).resolve().parents[1]
+BANK = iv.load_bank()
+RAW = iv.yaml.safe_load(iv.BANK_PATH.read_text(encoding="utf-8"))
+
+
+def test_bank_size_and_coverage():
+    assert len(BANK) >= 80
+    assert sum(q.evidence is not None for q in BANK) >= 25
+    assert {q.topic for q in BANK} == set(iv.TOPICS)
+    assert {q.level for q in BANK} == set(iv.LEVELS)
+    for topic in iv.TOPICS:
+        assert sum(q.topic == topic for q in BANK) >= 5, topic
+
+
+def test_ids_unique_and_all_fields_present():
+    assert len({q.id for q in BANK}) == len(BANK)
+    for rec in RAW:
+        assert set(iv.REQUIRED) <= set(rec), rec.get("id")
+
+
+def test_every_chapter_link_resolves_in_toc():
+    docs = iv.toc_docnames(ROOT / "_toc.yml")
+    assert "book/fast/formats" in docs
+    broken = {q.id: q.chapter for q in BANK if q.chapter not in docs}
+    assert not broken, f"chapter links not in _toc.yml: {broken}"
+
+
+def test_every_ref_is_a_verified_bib_key():
+    keys = iv.bib_entries(ROOT / "references.bib")
+    assert keys["glorot2011deep"] == "Glorot et al. (2011)"
+    unknown = {q.id: r for q in BANK for r in q.refs if r not in keys}
+    assert not unknown, f"refs missing from references.bib: {unknown}"
+
+
+@pytest.mark.parametrize("question", [q for q in BANK if q.evidence], ids=lambda q: q.id)
+def test_evidence_snippet_runs_and_prints(question):
+    assert iv.run_evidence(question).strip()
+
+
+def test_run_evidence_without_snippet_raises():
+    with pytest.raises(ValueError, match="no evidence"):
+        iv.run_evidence(next(q for q in BANK if q.evidence is None))
+
+
+def _broken(mutate):
+    records = copy.deepcopy(RAW[:3])
+    mutate(records)
+    return records
+
+
+@pytest.mark.parametrize("mutate, error, message", [
+    (lambda r: r[1].update(id=r[0]["id"]), ValueError, "duplicate question id"),
+    (lambda r: r[0].pop("answer"), ValueError, "missing field"),
+    (lambda r: r[0].update(level="principal"), ValueError, "level"),
+    (lambda r: r[0].update(topic="quantum"), ValueError, "topic"),
+    (lambda r: r[0].update(colour="red"), ValueError, "unknown field"),
+    (lambda r: r[0].update(id="Not Kebab"), ValueError, "kebab-case"),
+    (lambda r: r[0].update(wrong_answers=[]), ValueError, "wrong_answers"),
+    (lambda r: r[0].update(follow_ups="one string"), ValueError, "follow_ups"),
+    (lambda r: r[0].update(answer="  "), ValueError, "'answer'"),
+    (lambda r: r[0].update(evidence=42), ValueError, "evidence"),
+    (lambda r: r.append("not a mapping"), TypeError, "mapping"),
+])
+def test_parse_bank_rejects_broken_records(mutate, error, message):
+    with pytest.raises(error, match=message):
+        iv.parse_bank(_broken(mutate))
+
+
+def test_parse_bank_rejects_non_list():
+    with pytest.raises(TypeError, match="list of questions"):
+        iv.parse_bank({"id": "x"})
+
+
+def test_render_question_hides_answer_in_details_and_escapes_code():
+    q = next(q for q in BANK if q.id == "act-sigmoid-softmax")   # its code contains ">"
+    out = iv.run_evidence(q)
+    page = iv.render_question_html(q, out, bib={}, references_url="../references.html",
+                                   chapter_url="../fast/formats.html")
+    assert page.index("<details>") < page.index("Common wrong answers") < page.index("</details>")
+    assert "Follow-ups" in page and "Evidence" in page and q.id in page
+    assert iv.html.escape(q.evidence.strip().splitlines()[0]) in page
+    assert "<script" not in page
+
+
+def _card_text():
+    return st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=40) \
+        .map(lambda s: s.strip()).filter(bool)
+
+
+@settings(max_examples=25, deadline=None)
+@given(question=_card_text(), answer=_card_text(), extra=st.sampled_from([",", '"', "\n", "#x", "a\r\nb"]))
+def test_anki_csv_round_trips_awkward_text(tmp_path_factory, question, answer, extra):
+    q = iv.Question(id="x", level="junior", topic="moe", question=question + extra,
+                    answer=answer + extra, wrong_answers=("w",), follow_ups=("f",), chapter="c")
+    path = iv.write_anki_csv([q], tmp_path_factory.mktemp("anki") / "cards.csv")
+    (row,) = iv.read_anki_csv(path)
+    assert tuple(row.values()) == iv.anki_rows([q])[0]
+
+
+def test_anki_export_of_bank_reads_back_with_csv_module(tmp_path):
+    assert iv.main(["--anki", str(tmp_path / "deck.csv")]) == 0
+    text = (tmp_path / "deck.csv").read_text(encoding="utf-8")
+    header = [line for line in text.split("\n") if line.startswith("#")]
+    assert header == list(iv.ANKI_HEADER)
+    body = "\n".join(line for line in text.split("\n") if not line.startswith("#"))
+    rows = list(csv.reader(body.splitlines(keepends=True)))
+    assert len(rows) == len(BANK) and all(len(r) == 3 for r in rows)
+    cards = iv.read_anki_csv(tmp_path / "deck.csv")
+    assert list(cards[0]) == ["front", "back", "tags"]
+    for q, card in zip(BANK, cards):
+        assert f"topic::{q.topic}" in card["tags"].split() and f"level::{q.level}" in card["tags"].split()
+        assert "Common wrong answers" in card["back"]
+
+
+def test_cli_summary(capsys):
+    assert iv.main([]) == 0
+    assert f"{len(BANK)} questions" in capsys.readouterr().out
+
+
+def test_mock_session_filters_draws_and_summarises():
+    s = iv.MockSession(BANK, seed=0)
+    moe_senior = s.pool("moe", "senior")
+    assert moe_senior and all(q.topic == "moe" and q.level == "senior" for q in moe_senior)
+    drawn = set()
+    for _ in range(len(moe_senior)):
+        q = s.draw("moe", "senior")
+        assert q.id not in drawn                        # unscored questions come first
+        drawn.add(q.id)
+        s.record(q.id, 2)
+    assert s.draw("moe", "senior").id in drawn          # all scored: repeats allowed
+    weak = s.pool("formats")[0]
+    s.record(weak.id, 0)
+    assert s.summary()[0] == ("formats", 1, 0.0)
+    assert s.weak_topics() == ["formats"]
+    s.record(weak.id, 2)                                # the last score counts
+    assert s.weak_topics() == []
+
+
+def test_mock_session_rejects_bad_input():
+    s = iv.MockSession(BANK)
+    with pytest.raises(ValueError, match="score"):
+        s.record(BANK[0].id, 3)
+    with pytest.raises(ValueError, match="unknown question id"):
+        s.record("nope", 1)
+    with pytest.raises(ValueError, match="topic"):
+        s.pool(topic="quantum")
+    with pytest.raises(ValueError, match="level"):
+        s.pool(level="intern")
+    assert iv.MockSession([]).draw() is None
+
+
+def test_questions_page_renders_every_topic():
+    path = ROOT / "book" / "interview" / "questions.ipynb"
+    if not path.exists():
+        pytest.skip("questions notebook not written yet")
+    source = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"])
+    missing = [t for t in iv.TOPICS if f'render_topic("{t}")' not in source]
+    assert not missing, f"topics not rendered on the questions page: {missing}"
