@@ -25,6 +25,8 @@ Deja Vu-style predictor of the active set).
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 import torch
@@ -34,6 +36,12 @@ __all__ = [
     "gather_gemv", "gather_gemv_ref", "row_gemv", "row_gemv_ref", "calibrate_threshold",
     "LowRankPredictor", "SparseFFN", "gemv_bytes",
 ]
+
+# numba's "omp" layer shares the name libgomp.so.1 with torch's bundled OpenMP runtime; measured
+# here, a 13 MB gather took 12 ms under "omp" and 0.8 ms under "workqueue". Pick workqueue unless
+# the user chose a layer (the choice is process-wide and fixed at the first parallel launch).
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 _ACTIVATIONS = {"relu": torch.relu, "gelu": nn.functional.gelu}
 
@@ -83,19 +91,25 @@ def row_gemv_ref(W: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> torch.T
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _gather_gemv_cpu(Wt, v, idx, out, nt):  # pragma: no cover - compiled
     # Split-K: thread t owns a contiguous slice of the active list and streams whole rows of Wt
-    # (d_model contiguous values each) into a private accumulator; then the partials are summed.
+    # (d_model contiguous values each) into a private accumulator, four rows at a time (four
+    # concurrent memory streams, one accumulator update per four rows); then partials are summed.
     n = Wt.shape[1]
     k = idx.shape[0]
     partial = np.zeros((nt, n), dtype=out.dtype)
     chunk = (k + nt - 1) // nt
     for t in numba.prange(nt):
         acc = partial[t]
-        for p in range(t * chunk, min(k, (t + 1) * chunk)):
-            j = idx[p]
-            s = v[j]
-            row = Wt[j]
+        p, hi = t * chunk, min(k, (t + 1) * chunk)
+        while p + 4 <= hi:
+            r0, r1, r2, r3 = Wt[idx[p]], Wt[idx[p + 1]], Wt[idx[p + 2]], Wt[idx[p + 3]]
+            s0, s1, s2, s3 = v[idx[p]], v[idx[p + 1]], v[idx[p + 2]], v[idx[p + 3]]
             for c in range(n):
-                acc[c] += s * row[c]
+                acc[c] += s0 * r0[c] + s1 * r1[c] + s2 * r2[c] + s3 * r3[c]
+            p += 4
+        for q in range(p, hi):
+            r0, s0 = Wt[idx[q]], v[idx[q]]
+            for c in range(n):
+                acc[c] += s0 * r0[c]
     for c in range(n):
         total = partial[0, c]
         for t in range(1, nt):

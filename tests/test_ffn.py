@@ -1,0 +1,149 @@
+"""course_lib.ffn: gather/row GEMV kernels against torch, SparseFFN modes against the dense layer."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from course_lib import ffn
+
+
+def _problem(rows, cols, k, dtype=torch.float64, index_dtype=torch.int64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(rows, cols, generator=g, dtype=dtype)
+    v = torch.randn(rows, generator=g, dtype=dtype)
+    x = torch.randn(cols, generator=g, dtype=dtype)
+    idx = torch.randperm(rows, generator=g)[:k].sort().values.to(index_dtype)
+    return W, v, x, idx
+
+
+@given(rows=st.integers(1, 40), cols=st.integers(1, 70), frac=st.floats(0, 1),
+       seed=st.integers(0, 2**16), dtype=st.sampled_from([torch.float32, torch.float64]),
+       index_dtype=st.sampled_from([torch.int32, torch.int64]))
+def test_cpu_kernels_match_dense_oracle(rows, cols, frac, seed, dtype, index_dtype):
+    W, v, x, idx = _problem(rows, cols, int(frac * rows), dtype, index_dtype, seed)
+    mask = torch.zeros(rows, dtype=dtype)
+    mask[idx.long()] = 1
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    # oracle: the dense product with the inactive entries of v zeroed
+    torch.testing.assert_close(ffn.gather_gemv(W, v, idx, backend="cpu"), W.t() @ (v * mask), **tol)
+    torch.testing.assert_close(ffn.row_gemv(W, x, idx, backend="cpu"), (W @ x)[idx.long()], **tol)
+    torch.testing.assert_close(ffn.gather_gemv_ref(W, v, idx), W.t() @ (v * mask), **tol)
+
+
+def test_unsorted_and_repeated_indices_follow_the_sum_definition():
+    W, v, _, _ = _problem(10, 7, 0)
+    idx = torch.tensor([3, 1, 3, 9, 0, 5])
+    expected = sum(v[j] * W[j] for j in idx.tolist())
+    torch.testing.assert_close(ffn.gather_gemv(W, v, idx), expected)
+
+
+def test_empty_active_set_gives_zero():
+    W, v, x, _ = _problem(8, 5, 0)
+    idx = torch.empty(0, dtype=torch.int64)
+    assert torch.equal(ffn.gather_gemv(W, v, idx), torch.zeros(5, dtype=W.dtype))
+    assert ffn.row_gemv(W, x, idx).shape == (0,)
+
+
+@pytest.mark.parametrize("fn", [ffn.gather_gemv, ffn.row_gemv])
+def test_triton_interpreter_matches_cpu(fn):
+    W, v, x, idx = _problem(48, 40, 20, dtype=torch.float32)
+    vec = v if fn is ffn.gather_gemv else x
+    torch.testing.assert_close(fn(W, vec, idx, backend="triton"), fn(W, vec, idx, backend="cpu"),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_bad_inputs_name_the_invariant():
+    W, v, x, idx = _problem(8, 5, 3)
+    with pytest.raises(ValueError, match="out of range"):
+        ffn.gather_gemv(W, v, torch.tensor([0, 8]))
+    with pytest.raises(ValueError, match="out of range"):
+        ffn.row_gemv(W, x, torch.tensor([-1]))
+    with pytest.raises(ValueError, match="length 8"):
+        ffn.gather_gemv(W, x, idx)
+    with pytest.raises(TypeError, match="int32 or int64"):
+        ffn.gather_gemv(W, v, idx.float())
+    with pytest.raises(TypeError, match="share a floating dtype"):
+        ffn.gather_gemv(W, v.float(), idx)
+    with pytest.raises(TypeError, match="float32/float64"):
+        ffn.gather_gemv(W.bfloat16(), v.bfloat16(), idx, backend="cpu")
+    with pytest.raises(ValueError, match="backend"):
+        ffn.gather_gemv(W, v, idx, backend="gpu")
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        ffn.gather_gemv(W.numpy(), v, idx)
+
+
+@given(n=st.integers(1, 500), sparsity=st.floats(0, 0.99), seed=st.integers(0, 2**16))
+def test_calibrated_threshold_removes_the_target_share(n, sparsity, seed):
+    h = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    t = ffn.calibrate_threshold(h, sparsity)
+    removed = (h.abs() <= t).float().mean().item()
+    assert removed == pytest.approx(int(sparsity * n) / n)  # continuous values: no ties
+
+
+def test_calibrate_threshold_rejects_bad_input():
+    with pytest.raises(ValueError, match="sparsity"):
+        ffn.calibrate_threshold(torch.randn(4), 1.0)
+    with pytest.raises(ValueError, match="at least one"):
+        ffn.calibrate_threshold(torch.empty(0), 0.5)
+
+
+def _layer(d_model=16, d_ff=64, activation="relu", seed=0):
+    torch.manual_seed(seed)
+    up, down = torch.nn.Linear(d_model, d_ff), torch.nn.Linear(d_ff, d_model)
+    return up, down, ffn.SparseFFN.from_linear(up, down, activation)
+
+
+def test_exact_mode_equals_the_dense_layer():
+    up, down, layer = _layer()
+    X = torch.randn(10, 16)
+    dense = down(torch.relu(up(X))).detach()
+    torch.testing.assert_close(layer(X, "exact"), dense, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer(X, "dense"), dense, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer(X[0], "exact"), dense[0], rtol=1e-5, atol=1e-5)
+
+
+def test_threshold_mode_equals_the_dense_layer_on_thresholded_hidden():
+    _, _, layer = _layer(activation="gelu")
+    X = torch.randn(50, 16)
+    t = layer.calibrate(X, 0.5)
+    h = layer.hidden(X)
+    expected = torch.where(h.abs() > t, h, 0) @ layer.W2t + layer.b2
+    torch.testing.assert_close(layer(X, "threshold"), expected, rtol=1e-5, atol=1e-5)
+    assert (h.abs() > t).float().mean().item() == pytest.approx(0.5, abs=1e-3)
+
+
+def test_predicted_mode_with_a_perfect_active_set_is_exact():
+    _, _, layer = _layer()
+    X = torch.randn(200, 16)
+    layer.fit_predictor(X, rank=16, steps=300)
+    stats = layer.recall(X)
+    assert stats["recall"] > 0.9
+    # on one token, predicted mode equals the dense layer restricted to the predicted set
+    x = X[0]
+    idx = layer.active_set(x, "predicted")
+    h = torch.zeros(layer.d_ff)
+    h[idx] = layer.hidden(x)[idx]
+    torch.testing.assert_close(layer(x, "predicted"), h @ layer.W2t + layer.b2, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_ffn_rejects_bad_configuration():
+    up, down, layer = _layer()
+    with pytest.raises(ValueError, match="calibrate"):
+        layer(torch.randn(16), "threshold")
+    with pytest.raises(ValueError, match="fit_predictor"):
+        layer(torch.randn(16), "predicted")
+    with pytest.raises(ValueError, match="mode"):
+        layer(torch.randn(16), "fast")
+    with pytest.raises(ValueError, match="d_model=16"):
+        layer(torch.randn(3), "exact")
+    with pytest.raises(ValueError, match="W1 \\(d_ff, d_model\\)"):
+        ffn.SparseFFN(up.weight, up.bias, up.weight, down.bias)
+    with pytest.raises(ValueError, match="activation"):
+        ffn.SparseFFN.from_linear(up, down, "tanh")
+
+
+def test_gemv_bytes():
+    assert ffn.gemv_bytes(10, 4, 4, 8) == 10 * 4 * 4 + 10 * 8
+    assert np.isclose(ffn.gemv_bytes(8192, 4096, 4) / 2**20, 128.0)
