@@ -29,9 +29,10 @@ import torch
 
 from . import bench, data, spmm
 
-FULL = dict(shapes=[(4096, 4096, 64), (4096, 4096, 256)],
-            densities=[0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5], repeats=10)
-QUICK = dict(shapes=[(1024, 1024, 64)], densities=[0.001, 0.01, 0.1, 0.5], repeats=5)
+#: (shape m, k, n) → densities; the first shape is the one plotted
+FULL = dict(cases=[((4096, 4096, 64), [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5]),
+                   ((4096, 4096, 256), [0.001, 0.01, 0.05, 0.2, 0.5])], repeats=10)
+QUICK = dict(cases=[((1024, 1024, 64), [0.001, 0.01, 0.1, 0.5])], repeats=5)
 #: methods per device; "dense" is torch.mm on the densified A (MKL/oneDNN, cuBLAS)
 METHODS = {"cpu": ["numpy", "torch", "cpu_fast", "scipy", "torch_sparse", "dense"],
            "cuda": ["torch", "triton", "torch_sparse", "dense"]}
@@ -66,20 +67,23 @@ def traffic_bytes(method: str, m: int, k: int, n: int, nnz: int, itemsize: int =
     return a + (k * n + m * n) * itemsize
 
 
-def run(shapes, densities, repeats: int, device: str = "cpu", seed: int = 0,
+def run(cases, repeats: int, device: str = "cpu", seed: int = 0,
         methods=None, log=print) -> tuple[list[dict], dict]:
-    """Measure every method on every (shape, density); returns (rows, metadata)."""
+    """Measure every method on every (shape, density) of ``cases`` = [((m, k, n), densities), …].
+
+    Returns (rows, metadata)."""
     methods = methods or METHODS[device.split(":")[0]]
     bandwidth = bench.memory_bandwidth(device=device)
     meta = {**bench.machine_info(device), "bandwidth_GBps": round(bandwidth, 2),
             "numba_threads": numba.get_num_threads(),
-            "triton_interpret": os.environ.get("TRITON_INTERPRET", "0")}
+            "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
+            "loadavg_1min_at_start": os.getloadavg()[0]}
     gen = torch.Generator().manual_seed(seed)
     rows = []
-    for m, k, n in shapes:
+    for (m, k, n), densities in cases:
         for density in densities:
-            one = data.make_sparse_matrix(m, k, density, seed=seed)
-            pool_size = int(min(8, max(2, math.ceil(POOL_BYTES / max(one.nbytes, 1)))))
+            csr_bytes = (m + 1) * 4 + density * m * k * 8
+            pool_size = int(min(8, max(2, math.ceil(POOL_BYTES / csr_bytes))))
             pool = [_operands(data.make_sparse_matrix(m, k, density, seed=seed + i), device)
                     for i in range(pool_size)]
             nnz = pool[0]["csr"].nnz
@@ -92,9 +96,10 @@ def run(shapes, densities, repeats: int, device: str = "cpu", seed: int = 0,
             times = {}
             for method in methods:
                 fn = _call(method)
+                # the probe is the warm-up (JIT, thread pools) and sizes the repeats to the budget
                 probe = bench.measure(fn, make_inputs, repeats=1, warmup=1, device=device)
                 reps = int(min(repeats, max(3, BUDGET_S // max(probe.median, 1e-9))))
-                t = bench.measure(fn, make_inputs, repeats=reps, warmup=1, device=device)
+                t = bench.measure(fn, make_inputs, repeats=reps, warmup=0, device=device)
                 times[method] = t
                 flops = 2 * (m * k if method == "dense" else nnz) * n
                 nbytes = traffic_bytes(method, m, k, n, nnz)
@@ -163,7 +168,7 @@ def main(argv=None) -> int:
         print("--device cuda: no CUDA device is available", file=sys.stderr)
         return 2
     cfg = QUICK if args.quick else FULL
-    rows, meta = run(cfg["shapes"], cfg["densities"], cfg["repeats"], device=args.device)
+    rows, meta = run(cfg["cases"], cfg["repeats"], device=args.device)
     meta["command"] = "python -m course_lib.bench spmm " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     path = bench.write_csv(rows, out / "spmm.csv", meta)
