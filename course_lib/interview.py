@@ -14,6 +14,7 @@ import contextlib
 import csv
 import html
 import io
+import posixpath
 import random
 import re
 from dataclasses import dataclass
@@ -142,6 +143,12 @@ def toc_docnames(toc_path: str | Path) -> set[str]:
         return set(walk(yaml.safe_load(fh)))
 
 
+def doc_href(target_doc: str, from_doc: str) -> str:
+    """Relative URL of a built page, e.g. ``doc_href("book/fast/formats", "book/interview/questions")``
+    = ``"../fast/formats.html"``."""
+    return posixpath.relpath(target_doc, posixpath.dirname(from_doc)) + ".html"
+
+
 def bib_entries(bib_path: str | Path) -> dict[str, str]:
     """Map each BibTeX key to a short label "Surname et al. (year)" (enough to render a source line)."""
     text = Path(bib_path).read_text(encoding="utf-8")
@@ -190,15 +197,20 @@ def render_answer_html(question: Question, evidence_output: str | None = None,
     return "\n".join(parts)
 
 
+def render_prompt_html(question: Question, chapter_url: str | None = None) -> str:
+    """The question side as HTML: the prompt in bold, then id · level · topic (· chapter link)."""
+    meta = f"<code>{question.id}</code> · {question.level} · {TOPICS[question.topic]}"
+    if chapter_url:
+        meta += f" · <a href=\"{chapter_url}\">demonstrated in this chapter</a>"
+    return f"<p><strong>{_MD.renderInline(question.question)}</strong><br><small>{meta}</small></p>"
+
+
 def render_question_html(question: Question, evidence_output: str | None = None,
                          bib: dict[str, str] | None = None, references_url: str | None = None,
                          chapter_url: str | None = None) -> str:
     """One question as HTML: the prompt visible, the answer inside a ``<details>`` dropdown."""
-    meta = f"<code>{question.id}</code> · {question.level} · {TOPICS[question.topic]}"
-    if chapter_url:
-        meta += f" · <a href=\"{chapter_url}\">demonstrated in this chapter</a>"
     return (f"<div class=\"interview-question\" id=\"q-{question.id}\">"
-            f"<p><strong>{_MD.renderInline(question.question)}</strong><br><small>{meta}</small></p>"
+            f"{render_prompt_html(question, chapter_url)}"
             f"<details><summary>Show the answer</summary>"
             f"{render_answer_html(question, evidence_output, bib, references_url)}</details></div>")
 
@@ -275,6 +287,16 @@ class MockSession:
             by_topic.setdefault(topic_of[qid], []).append(score)
         rows = [(t, len(s), sum(s) / (2 * len(s))) for t, s in by_topic.items()]
         return sorted(rows, key=lambda r: (r[2], r[0]))
+
+    def summary_html(self, threshold: float = 0.6) -> str:
+        """The summary as an HTML table (topic, answered, mastery), weak topics marked."""
+        if not self.scores:
+            return "<p>No answers scored yet.</p>"
+        rows = "".join(
+            f"<tr><td>{TOPICS[t]}</td><td>{n}</td><td>{m:.0%}</td>"
+            f"<td>{'review' if m < threshold else ''}</td></tr>" for t, n, m in self.summary())
+        return ("<table><thead><tr><th>topic</th><th>answered</th><th>mastery</th><th></th></tr>"
+                f"</thead><tbody>{rows}</tbody></table>")
 
     def weak_topics(self, threshold: float = 0.6) -> list[str]:
         """Topics whose mastery is below ``threshold``, weakest first."""

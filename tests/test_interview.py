@@ -40,6 +40,12 @@ def test_every_chapter_link_resolves_in_toc():
     assert not broken, f"chapter links not in _toc.yml: {broken}"
 
 
+def test_doc_href_is_relative_to_the_page():
+    assert iv.doc_href("book/fast/formats", "book/interview/questions") == "../fast/formats.html"
+    assert iv.doc_href("book/interview/myths", "book/interview/questions") == "myths.html"
+    assert iv.doc_href("book/references", "book/interview/questions") == "../references.html"
+
+
 def test_every_ref_is_a_verified_bib_key():
     keys = iv.bib_entries(ROOT / "references.bib")
     assert keys["glorot2011deep"] == "Glorot et al. (2011)"
@@ -147,6 +153,8 @@ def test_mock_session_filters_draws_and_summarises():
     s.record(weak.id, 0)
     assert s.summary()[0] == ("formats", 1, 0.0)
     assert s.weak_topics() == ["formats"]
+    table = s.summary_html()
+    assert table.index("Sparse formats") < table.index("Mixture of experts") and "review" in table
     s.record(weak.id, 2)                                # the last score counts
     assert s.weak_topics() == []
 
@@ -162,6 +170,7 @@ def test_mock_session_rejects_bad_input():
     with pytest.raises(ValueError, match="level"):
         s.pool(level="intern")
     assert iv.MockSession([]).draw() is None
+    assert "No answers" in iv.MockSession(BANK).summary_html()
 
 
 def test_questions_page_renders_every_topic():
