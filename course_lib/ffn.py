@@ -119,14 +119,29 @@ def _gather_gemv_cpu(Wt, v, idx, out, nt):  # pragma: no cover - compiled
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _row_gemv_cpu(W, x, idx, out):  # pragma: no cover - compiled
-    # One dot product per active row; rows are contiguous, threads split the active list.
+    # Four active rows per iteration: four concurrent row streams share each load of x, with
+    # accumulators in the data's dtype (x[0] * 0) so the reduction vectorizes at full width.
     n = W.shape[1]
-    for p in numba.prange(idx.shape[0]):
-        row = W[idx[p]]
-        s = 0.0
-        for c in range(n):
-            s += row[c] * x[c]
-        out[p] = s
+    k = idx.shape[0]
+    for b in numba.prange((k + 3) // 4):
+        p = 4 * b
+        if p + 4 <= k:
+            r0, r1, r2, r3 = W[idx[p]], W[idx[p + 1]], W[idx[p + 2]], W[idx[p + 3]]
+            s0 = s1 = s2 = s3 = x[0] * 0
+            for c in range(n):
+                xc = x[c]
+                s0 += r0[c] * xc
+                s1 += r1[c] * xc
+                s2 += r2[c] * xc
+                s3 += r3[c] * xc
+            out[p], out[p + 1], out[p + 2], out[p + 3] = s0, s1, s2, s3
+        else:
+            for q in range(p, k):
+                row = W[idx[q]]
+                s = x[0] * 0
+                for c in range(n):
+                    s += row[c] * x[c]
+                out[q] = s
 
 
 _CPU_DTYPES = (torch.float32, torch.float64)
@@ -233,8 +248,9 @@ def row_gemv(W: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, *,
         return row_gemv_ref(W, x, idx)
     if backend == "cpu":
         WW, xx, ii = _cpu_arrays("row_gemv", W, x, idx)
-        out = np.empty(ii.shape[0], dtype=WW.dtype)
-        _row_gemv_cpu(WW, xx, ii, out)
+        out = np.zeros(ii.shape[0], dtype=WW.dtype)
+        if WW.shape[1]:  # the kernel reads x[0] for its zero
+            _row_gemv_cpu(WW, xx, ii, out)
         return torch.from_numpy(out)
     kern = _triton_kernels()
     W, x, idx = W.contiguous(), x.contiguous(), idx.contiguous()

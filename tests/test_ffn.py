@@ -44,6 +44,9 @@ def test_empty_active_set_gives_zero():
     idx = torch.empty(0, dtype=torch.int64)
     assert torch.equal(ffn.gather_gemv(W, v, idx), torch.zeros(5, dtype=W.dtype))
     assert ffn.row_gemv(W, x, idx).shape == (0,)
+    W0 = torch.zeros(8, 0)  # d_model = 0
+    assert torch.equal(ffn.row_gemv(W0, torch.zeros(0), torch.tensor([1, 2])), torch.zeros(2))
+    assert ffn.gather_gemv(W0, v.float(), torch.tensor([1, 2])).shape == (0,)
 
 
 @pytest.mark.parametrize("fn", [ffn.gather_gemv, ffn.row_gemv])

@@ -1,0 +1,120 @@
+"""The ``ffn`` benchmark suite: batch-1 decode GEMVs of an FFN with a sparse active set.
+
+``python -m course_lib.bench ffn [--quick] [--device cpu|cuda] [--out DIR]``
+
+Two products of a ``d_model × d_ff`` FFN (default 4096 × 16384, as in a 7B-class model), at
+densities 50/25/10/5 %, each call on a **fresh** random active set (sorted, as ``nonzero`` returns it):
+
+* ``down``: ``y = W2[:, S] · h[S]`` with ``ffn.gather_gemv`` on ``W2ᵀ``; baseline ``torch.mv(W2, h)``;
+* ``up``:   ``h[S] = W1[S] · x`` with ``ffn.row_gemv`` (predicted rows); baseline ``torch.mv(W1, x)``.
+
+Per row: dense, sparse and naive (``index_select``, copies the rows) medians, the speed-up, its
+bound ``1/density``, the sparse kernel's achieved GB/s and its share of the measured read bandwidth
+(``bench.memory_bandwidth``). The share of the bandwidth bound is ``bound_time / sparse_time``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+from . import bench, ffn
+
+DENSITIES = (0.5, 0.25, 0.1, 0.05)
+FULL = dict(d_model=4096, d_ff=16384, repeats=20)
+QUICK = dict(d_model=512, d_ff=2048, repeats=5)
+
+
+def _dtypes(device: str) -> list[torch.dtype]:
+    """fp32 everywhere; bf16 where the sparse kernel supports it (Triton on CUDA; numba has no bf16)."""
+    return [torch.float32, torch.bfloat16] if device.startswith("cuda") else [torch.float32]
+
+
+def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
+        densities=DENSITIES, seed: int = 0) -> tuple[list[dict], float]:
+    """Measure every (op, dtype, density); returns the rows and the measured bandwidth (GB/s)."""
+    gen = torch.Generator().manual_seed(seed)
+    bandwidth = bench.memory_bandwidth(device=device)
+    rows = []
+    for dtype in _dtypes(device):
+        W1 = torch.randn(d_ff, d_model, generator=gen).to(dtype=dtype, device=device)  # = W2ᵀ too
+        W2 = W1.t().contiguous()
+        itemsize = W1.element_size()
+
+        def vec(n):
+            return lambda: (torch.randn(n, generator=gen).to(dtype=dtype, device=device),)
+
+        for op, dense_fn, sparse_fn, naive_fn, vec_len in (
+            ("down", lambda h: torch.mv(W2, h), lambda h, i: ffn.gather_gemv(W1, h, i),
+             lambda h, i: ffn.gather_gemv_ref(W1, h, i), d_ff),
+            ("up", lambda x: torch.mv(W1, x), lambda x, i: ffn.row_gemv(W1, x, i),
+             lambda x, i: ffn.row_gemv_ref(W1, x, i), d_model),
+        ):
+            dense = bench.measure(dense_fn, vec(vec_len), repeats=repeats, device=device)
+            for density in densities:
+                k = max(1, round(density * d_ff))
+
+                def sparse_inputs(k=k, n=vec_len):
+                    idx = torch.randperm(d_ff, generator=gen)[:k].sort().values.to(device)
+                    return vec(n)()[0], idx
+
+                sparse = bench.measure(sparse_fn, sparse_inputs, repeats=repeats, device=device)
+                naive = bench.measure(naive_fn, sparse_inputs, repeats=max(3, repeats // 4),
+                                      device=device)
+                nbytes = ffn.gemv_bytes(k, d_model, itemsize, index_itemsize=8)
+                gbs = nbytes / sparse.median / 1e9
+                rows.append({
+                    "op": op, "dtype": str(dtype).removeprefix("torch."), "d_model": d_model,
+                    "d_ff": d_ff, "density": density, "active": k,
+                    "dense_ms": dense.median * 1e3, "sparse_ms": sparse.median * 1e3,
+                    "sparse_q1_ms": sparse.q1 * 1e3, "sparse_q3_ms": sparse.q3 * 1e3,
+                    "naive_ms": naive.median * 1e3,
+                    "speedup": dense.median / sparse.median, "bound": 1.0 / density,
+                    "naive_speedup": dense.median / naive.median,
+                    "dense_GBs": d_ff * d_model * itemsize / dense.median / 1e9,
+                    "sparse_GBs": gbs, "bandwidth_GBs": bandwidth,
+                    "share_of_bound": gbs / bandwidth,
+                })
+    return rows, bandwidth
+
+
+def _print_table(rows: list[dict]) -> None:
+    cols = ("op", "dtype", "density", "dense_ms", "sparse_ms", "naive_ms", "speedup", "bound",
+            "sparse_GBs", "share_of_bound")
+    print("  ".join(f"{c:>14}" for c in cols))
+    for r in rows:
+        print("  ".join(f"{r[c]:>14.3f}" if isinstance(r[c], float) else f"{r[c]:>14}" for c in cols))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.bench ffn", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (seconds)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--out", type=Path, help="write ffn_bench_<device>[_quick].csv here")
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda: no CUDA device is available on this machine", file=sys.stderr)
+        return 2
+    sizes = QUICK if args.quick else FULL
+    rows, bandwidth = run(sizes["d_model"], sizes["d_ff"], sizes["repeats"], args.device)
+    print(f"measured read bandwidth: {bandwidth:.1f} GB/s")
+    _print_table(rows)
+    if args.out is not None:
+        meta = bench.machine_info(args.device)
+        meta["bandwidth_GBs"] = f"{bandwidth:.2f}"
+        meta["load_average_1min_at_end"] = f"{os.getloadavg()[0]:.2f}"  # other jobs sharing the cores
+        meta["command"] = "python -m course_lib.bench ffn " + shlex.join(
+            list(sys.argv[1:] if argv is None else argv))
+        name = f"ffn_bench_{args.device}{'_quick' if args.quick else ''}.csv"
+        print("wrote", bench.write_csv(rows, args.out / name, meta))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
