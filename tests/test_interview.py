@@ -180,3 +180,15 @@ def test_questions_page_renders_every_topic():
     source = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"])
     missing = [t for t in iv.TOPICS if f'render_topic("{t}")' not in source]
     assert not missing, f"topics not rendered on the questions page: {missing}"
+
+
+@pytest.mark.parametrize("page", ["study_paths.md", "glossary.md", "questions.ipynb", "mock_interview.ipynb"])
+def test_doc_links_of_interview_pages_resolve(page):
+    path = ROOT / "book" / "interview" / page
+    text = path.read_text(encoding="utf-8")
+    docs = iv.toc_docnames(ROOT / "_toc.yml")
+    targets = iv.re.findall(r"\{doc\}`([^`<]+)`", text)
+    assert targets or page.endswith(".ipynb")
+    resolved = {t: iv.posixpath.normpath(iv.posixpath.join("book/interview", t)) for t in targets}
+    broken = {t: r for t, r in resolved.items() if r not in docs}
+    assert not broken, f"{page}: {{doc}} links not in _toc.yml: {broken}"
