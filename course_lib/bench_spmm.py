@@ -67,8 +67,8 @@ def traffic_bytes(method: str, m: int, k: int, n: int, nnz: int, itemsize: int =
     return a + (k * n + m * n) * itemsize
 
 
-def run(cases, repeats: int, device: str = "cpu", seed: int = 0,
-        methods=None, log=print) -> tuple[list[dict], dict]:
+def run(cases, repeats: int, device: str = "cpu", seed: int = 0, methods=None,
+        budget_s: float = BUDGET_S, log=print) -> tuple[list[dict], dict]:
     """Measure every method on every (shape, density) of ``cases`` = [((m, k, n), densities), …].
 
     Returns (rows, metadata)."""
@@ -98,7 +98,7 @@ def run(cases, repeats: int, device: str = "cpu", seed: int = 0,
                 fn = _call(method)
                 # the probe is the warm-up (JIT, thread pools) and sizes the repeats to the budget
                 probe = bench.measure(fn, make_inputs, repeats=1, warmup=1, device=device)
-                reps = int(min(repeats, max(3, BUDGET_S // max(probe.median, 1e-9))))
+                reps = int(min(repeats, max(3, budget_s // max(probe.median, 1e-9))))
                 t = bench.measure(fn, make_inputs, repeats=reps, warmup=0, device=device)
                 times[method] = t
                 flops = 2 * (m * k if method == "dense" else nnz) * n
@@ -112,6 +112,7 @@ def run(cases, repeats: int, device: str = "cpu", seed: int = 0,
                 row["vs_dense"] = row["median_s"] / times["dense"].median
             log(f"{m}x{k}x{n} density {density:.3%}: " + ", ".join(
                 f"{name} {t.median * 1e3:.2f} ms" for name, t in times.items()))
+    meta["loadavg_1min_at_end"] = os.getloadavg()[0]
     return rows, meta
 
 
