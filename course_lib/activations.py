@@ -83,7 +83,7 @@ def topk(x: torch.Tensor, k: int, dim: int = -1, straight_through: bool = False)
     (losers get none).  With ``straight_through=True`` the backward pass is the identity,
     ∂L/∂x = ∂L/∂y (a straight-through estimator that also trains the losers).
     """
-    y = x * topk_mask(x.detach(), k, dim)
+    y = torch.where(topk_mask(x.detach(), k, dim), x, torch.zeros_like(x))
     if straight_through:
         return x + (y - x).detach()
     return y
@@ -115,7 +115,7 @@ def kwinners(x: torch.Tensor, k: int, duty_cycles: torch.Tensor | None = None,
         raise ValueError(f"duty_cycles must have shape {tuple(x.shape[-1:])} (one per unit), "
                          f"got {tuple(duty_cycles.shape)}")
     scores = x.detach() * boost_factors(duty_cycles, k, boost_strength)
-    return x * topk_mask(scores, k)
+    return torch.where(topk_mask(scores, k), x, torch.zeros_like(x))
 
 
 def _sparsemax_lastdim(z: torch.Tensor) -> torch.Tensor:

@@ -84,7 +84,7 @@ def make_block_graph(n_nodes: int = 300, n_classes: int = 3, p_in: float = 0.05,
     return A_hat, X, y, train_mask
 
 
-def make_recsys(n_users: int = 200, n_items: int = 300, n: int = 6000, rank: int = 4,
+def make_recsys(n_users: int = 50, n_items: int = 100, n: int = 8000, rank: int = 4,
                 seed: int = 0, test_size: float = 0.25):
     """Implicit-feedback clicks from a low-rank model: click = [u_user · v_item + noise > 0].
 

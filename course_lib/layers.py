@@ -10,7 +10,8 @@ from torch import nn
 
 from . import activations as A
 
-__all__ = ["TopK", "KWinners", "Sparsemax", "MLP", "make_activation", "ACTIVATIONS"]
+__all__ = ["TopK", "KWinners", "Sparsemax", "MLP", "make_activation", "ACTIVATIONS",
+           "KSparseAutoencoder"]
 
 
 class TopK(nn.Module):
@@ -138,3 +139,26 @@ class MLP(nn.Module):
             x = act(linear(x))
             self.hidden.append(x)
         return self.linears[-1](x)
+
+
+class KSparseAutoencoder(nn.Module):
+    """z = topk(W_enc (x − b_pre) + b_enc, k),  x̂ = W_dec z + b_pre.
+
+    The k-sparse autoencoder of Makhzani & Frey (2014) with the pre-encoder bias b_pre of the TopK
+    sparse autoencoders of Gao et al. (2025): exactly k latents are nonzero per input, so the
+    sparsity is set by k instead of being traded against the loss with an L1 coefficient.
+    """
+
+    def __init__(self, n_in: int, n_latent: int, k: int):
+        super().__init__()
+        A._check_k(k, n_latent)
+        self.k = k
+        self.b_pre = nn.Parameter(torch.zeros(n_in))
+        self.encoder = nn.Linear(n_in, n_latent)
+        self.decoder = nn.Linear(n_latent, n_in, bias=False)
+
+    def encode(self, x):
+        return A.topk(self.encoder(x - self.b_pre), self.k)
+
+    def forward(self, x):
+        return self.decoder(self.encode(x)) + self.b_pre

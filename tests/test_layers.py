@@ -92,3 +92,14 @@ def test_mlp_bad_args():
         L.MLP([2, 3, 1], lambda n: 3)
     with pytest.raises(TypeError, match="name or a callable"):
         L.MLP([2, 3, 1], 3)
+
+
+def test_ksparse_autoencoder_exactly_k_latents_and_reconstruction():
+    torch.manual_seed(0)
+    ae = L.KSparseAutoencoder(6, 10, k=3)
+    x = torch.randn(4, 6)
+    z = ae.encode(x)
+    assert ((z != 0).sum(1) == 3).all()
+    torch.testing.assert_close(ae(x), z @ ae.decoder.weight.T + ae.b_pre)
+    with pytest.raises(ValueError, match="1 <= k <= width"):
+        L.KSparseAutoencoder(6, 10, k=11)

@@ -21,6 +21,7 @@ def test_fit_is_deterministic_and_learns():
     m2, h2 = _run(0)
     assert h1.loss == h2.loss and h1.test_acc == h2.test_acc
     assert h1.loss[-1] < h1.loss[0] and h1.test_acc[-1] > 0.8
+    assert len(h1.train_acc) == 3 and h1.train_acc[-1] > h1.train_acc[0]
 
 
 def test_activity_penalty_and_on_epoch():
@@ -53,3 +54,21 @@ def test_synthetic_sets_shapes_and_determinism():
     ptr, ytr, pte, yte = data.make_recsys(n_users=10, n_items=20, n=400, seed=0)
     assert ptr.shape == (300, 2) and pte.shape == (100, 2)
     assert ptr[:, 0].max() < 10 and ptr[:, 1].max() < 20 and set(ytr.tolist()) <= {0, 1}
+
+
+def test_autoencoder_step_matches_manual_sgd_and_fit_decreases():
+    from course_lib.layers import KSparseAutoencoder
+    from course_lib.train import autoencoder_step, fit_autoencoder
+    torch.manual_seed(0)
+    ae = KSparseAutoencoder(5, 8, k=2)
+    x = torch.randn(6, 5)
+    params = {n: p.detach().clone() for n, p in ae.named_parameters()}
+    loss_ref = ((ae(x) - x) ** 2).sum(1).mean()
+    grads = dict(zip(params, torch.autograd.grad(loss_ref, list(ae.parameters()))))
+    loss = autoencoder_step(ae, x, torch.optim.SGD(ae.parameters(), lr=0.1))
+    assert loss == pytest.approx(loss_ref.item())
+    for n, p in ae.named_parameters():
+        torch.testing.assert_close(p.detach(), params[n] - 0.1 * grads[n])
+    X = data.load_digits_split()[0]
+    losses = fit_autoencoder(KSparseAutoencoder(64, 32, k=4), X, epochs=3, lr=1e-2, seed=0)
+    assert len(losses) == 3 and losses[-1] < losses[0]
