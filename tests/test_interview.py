@@ -192,3 +192,25 @@ def test_doc_links_of_interview_pages_resolve(page):
     resolved = {t: iv.posixpath.normpath(iv.posixpath.join("book/interview", t)) for t in targets}
     broken = {t: r for t, r in resolved.items() if r not in docs}
     assert not broken, f"{page}: {{doc}} links not in _toc.yml: {broken}"
+
+
+def test_mock_interview_widgets_respond_to_clicks(capsys):
+    """Run the notebook's widget cell headless and press its buttons."""
+    nb = json.loads((ROOT / "book" / "interview" / "mock_interview.ipynb").read_text())
+    widget_cell = next("".join(c["source"]) for c in nb["cells"]
+                       if c["cell_type"] == "code" and "widgets.Button" in "".join(c["source"]))
+    ns: dict = {}
+    exec(compile(widget_cell, "mock_interview.ipynb", "exec"), ns)
+    first = ns["current"]["question"]
+    assert first is not None and first.question.split()[0] in ns["prompt"].value
+    assert ns["answer"].value == ""
+    ns["show_button"].click()
+    assert "Common wrong answers" in ns["answer"].value
+    ns["score_buttons"][0].click()                                  # "Missed (0)"
+    assert ns["session"].scores == {first.id: 0}
+    assert ns["current"]["question"].id != first.id and ns["answer"].value == ""
+    assert "review" in ns["summary"].value
+    ns["topic"].value, ns["level"].value = "moe", "staff"
+    ns["next_button"].click()
+    q = ns["current"]["question"]
+    assert q.topic == "moe" and q.level == "staff"
