@@ -1,11 +1,12 @@
 """Oracles and case generators for the graded coding-interview problems (``solutions/coding``).
 
 Each oracle computes the answer to one problem by a route that differs from the expected
-solution (a scipy routine, autograd, bisection instead of sorting), so a check compares two
+solution (a scipy routine, autograd, a dense product), so a check compares two
 independent computations. The learner's task and its complexity are stated in the notebook.
 Problems whose reference already lives in another module use it directly
 (``formats.coo_to_csr_ref``, ``formats.nm_mask``, ``formats.nm_compress``, ``activations.topk``,
-``activations.kwinners``, ``activations.sparsemax``); this module holds only the rest.
+``activations.kwinners``, ``activations.sparsemax``, ``moe.noisy_top_k``,
+``moe.load_balancing_loss``); this module holds only the rest.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
+
+from . import moe
 
 # ---------------------------------------------------------------- input validation
 
@@ -107,17 +110,10 @@ def ista_step_oracle(z, D, x, lam: float, eta: float) -> torch.Tensor:
 
 
 def moe_router_oracle(logits: torch.Tensor, k: int, alpha: float = 0.01):
-    """Top-k router: ``(weights, experts, aux_loss)``.
+    """Top-k router as ``(weights, experts, aux_loss)``, assembled from ``course_lib.moe``.
 
-    weights (T×k) = softmax probabilities of the k chosen experts renormalized to sum to 1;
-    aux_loss = α·N·Σᵢ fᵢ Pᵢ with fᵢ the share of the T·k assignments that go to expert i and
-    Pᵢ the mean router probability of expert i (Switch Transformer loss, generalized to top-k).
+    weights (T×k) = softmax over the k chosen logits (= their probabilities renormalised to sum
+    to 1); aux_loss = α·N·Σᵢ fᵢ Pᵢ (``moe.load_balancing_loss``, Switch Transformer, top-k form).
     """
-    T, N = logits.shape
-    if not 1 <= k <= N:
-        raise ValueError(f"k must be in [1, {N}], got {k}")
-    probs = logits.softmax(-1)
-    top = probs.topk(k, dim=-1)
-    weights = top.values / top.values.sum(-1, keepdim=True)
-    f = torch.bincount(top.indices.reshape(-1), minlength=N).to(probs.dtype) / (T * k)
-    return weights, top.indices, alpha * N * (f * probs.mean(0)).sum()
+    _, experts, weights = moe.noisy_top_k(logits, k)
+    return weights, experts, alpha * moe.load_balancing_loss(logits.softmax(-1), experts)
