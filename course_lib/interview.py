@@ -157,7 +157,8 @@ def bib_entries(bib_path: str | Path) -> dict[str, str]:
         key, body = match.groups()
         author = re.search(r"author\s*=\s*\{(.*?)\}\s*,?\s*\n", body, flags=re.S)
         year = re.search(r"year\s*=\s*\{?(\d{4})", body)
-        names = [a.split(",")[0].strip() for a in author.group(1).split(" and ")] if author else [key]
+        names = ([a.split(",")[0].strip(" {}") for a in author.group(1).split(" and ")]
+                 if author else [key])
         who = names[0] if len(names) == 1 else (
             f"{names[0]} & {names[1]}" if len(names) == 2 else f"{names[0]} et al.")
         labels[key] = f"{who} ({year.group(1) if year else 'n.d.'})"
