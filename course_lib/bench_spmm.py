@@ -36,6 +36,9 @@ QUICK = dict(cases=[((1024, 1024, 64), [0.001, 0.01, 0.1, 0.5])], repeats=5)
 #: methods per device; "dense" is torch.mm on the densified A (MKL/oneDNN, cuBLAS)
 METHODS = {"cpu": ["numpy", "torch", "cpu_fast", "scipy", "torch_sparse", "dense"],
            "cuda": ["torch", "triton", "torch_sparse", "dense"]}
+#: the vectorized teaching tiers take seconds per call beyond this density and are never
+#: competitive there: they are measured up to it only
+SLOW_TIERS, SLOW_TIER_MAX_DENSITY = ("numpy", "torch"), 0.1
 POOL_BYTES = 64 * 2**20  # > the 32 MiB L3 of the machine the book's CSV was measured on
 BUDGET_S = 2.0  # target timed seconds per (method, shape, density): fewer repeats for slow calls
 
@@ -95,6 +98,8 @@ def run(cases, repeats: int, device: str = "cpu", seed: int = 0, methods=None,
 
             times = {}
             for method in methods:
+                if method in SLOW_TIERS and density > SLOW_TIER_MAX_DENSITY and device == "cpu":
+                    continue
                 fn = _call(method)
                 # the probe is the warm-up (JIT, thread pools) and sizes the repeats to the budget
                 probe = bench.measure(fn, make_inputs, repeats=1, warmup=1, device=device)
@@ -107,7 +112,7 @@ def run(cases, repeats: int, device: str = "cpu", seed: int = 0, methods=None,
                                  median_s=t.median, q1_s=t.q1, q3_s=t.q3, repeats=t.repeats,
                                  gflops=flops / t.median / 1e9, gbps=nbytes / t.median / 1e9,
                                  bound_s=nbytes / (bandwidth * 1e9)))
-            for row in rows[-len(methods):]:
+            for row in rows[-len(times):]:
                 row["vs_scipy"] = row["median_s"] / times["scipy"].median if "scipy" in times else ""
                 row["vs_dense"] = row["median_s"] / times["dense"].median
             log(f"{m}x{k}x{n} density {density:.3%}: " + ", ".join(
@@ -118,7 +123,7 @@ def run(cases, repeats: int, device: str = "cpu", seed: int = 0, methods=None,
 
 def crossover_density(rows: list[dict], method: str, shape=None) -> float:
     """Density at which ``method`` becomes as slow as dense (log-log interpolation between the
-    measured densities); ``inf`` if it stays faster, 0 if it is never faster."""
+    measured densities); ``inf`` if it is faster at every measured density, 0 if never faster."""
     shape = shape or (rows[0]["m"], rows[0]["k"], rows[0]["n"])
     pick = lambda name: sorted((r["density"], r["median_s"]) for r in rows  # noqa: E731
                                if r["method"] == name and (r["m"], r["k"], r["n"]) == tuple(shape))
