@@ -342,8 +342,9 @@ TIER_KIND = {"python": "numpy", "numpy": "numpy", "cpu_fast": "numpy", "torch": 
 
 
 def pick_impl(A, B) -> str:
-    """The tier "auto" uses: on CUDA the Triton kernel; on CPU cpu_fast for CSR (fastest in the
-    spmm benchmark) and numpy for BSR (batched block products)."""
+    """The tier "auto" uses. CPU: cpu_fast for CSR (our fastest tier in the spmm benchmark) and
+    numpy for BSR (batched block products). CUDA: the Triton kernels — the intended GPU tier, not
+    yet timed on a GPU in this project (run ``python -m course_lib.bench spmm --device cuda``)."""
     if _device(B).startswith("cuda"):
         return "triton"
     return "numpy" if isinstance(A, BSR) else "cpu_fast"
