@@ -286,3 +286,63 @@ def test_checks_accept_solution_and_reject_wrong_implementation(solved_namespace
             assert f"[{exercise_id}]" in str(exc)
             failed += 1
     assert failed, f"no check of {exercise_id} rejects the wrong implementation"
+
+
+# ------------------------------------- the model solutions, on more inputs than the checks use
+
+
+@given(csr_and_vector(), st.sampled_from([np.int32, np.int64]),
+       st.sampled_from([np.float32, np.float64]))
+def test_solution_spmv_and_spmm_match_scipy(solved_namespace, case, index_dtype, value_dtype):
+    indptr, indices, data, x = case
+    indptr, indices = indptr.astype(index_dtype), indices.astype(index_dtype)
+    data, x = data.astype(value_dtype), x.astype(value_dtype)
+    tol = dict(rtol=1e-5, atol=1e-5) if value_dtype == np.float32 else dict(atol=1e-12)
+    y = solved_namespace["csr_spmv"](indptr, indices, data, x)
+    assert y.dtype == value_dtype
+    np.testing.assert_allclose(y, ic.spmv_oracle(indptr, indices, data, x), **tol)
+    B = np.stack([x, -x, 2 * x], axis=1)
+    np.testing.assert_allclose(solved_namespace["csr_spmm"](indptr, indices, data, B),
+                               ic.spmm_oracle(indptr, indices, data, B), **tol)
+
+
+@given(st.integers(0, 2**31 - 1))
+def test_solution_coo_to_csr_is_canonical_scipy(solved_namespace, seed):
+    rng = np.random.default_rng(seed)
+    m, n = (int(v) for v in rng.integers(1, 6, size=2))
+    nnz = int(rng.integers(0, 4 * m * n))
+    rows, cols = rng.integers(0, m, nnz), rng.integers(0, n, nnz)
+    vals = rng.integers(-2, 3, nnz).astype(float)            # small integers: many exact cancellations
+    indptr, indices, data = solved_namespace["coo_to_csr"](rows, cols, vals, (m, n))
+    S = sp.coo_matrix((vals, (rows, cols)), shape=(m, n)).tocsr()
+    S.sum_duplicates()
+    np.testing.assert_array_equal(indptr, S.indptr)
+    np.testing.assert_array_equal(indices, S.indices)
+    np.testing.assert_array_equal(data, S.data)
+
+
+@given(st.integers(0, 2**31 - 1))
+def test_solution_dense_to_bsr_and_coo_matmul(solved_namespace, seed):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((4, 6)) * (rng.random((4, 6)) < 0.3)
+    for blocksize in ((1, 1), (2, 3), (4, 2)):
+        got = solved_namespace["dense_to_bsr"](A, blocksize)
+        for g, e in zip(got, ic.dense_to_bsr_oracle(A, blocksize)):
+            np.testing.assert_array_equal(g, e)
+    r, c = np.nonzero(A)
+    triplets = (r, c, A[r, c])
+    np.testing.assert_allclose(
+        solved_namespace["coo_matmul"](triplets, (c, r, A[r, c]), (4, 6), (6, 4)), A @ A.T, atol=1e-12)
+
+
+@given(st.integers(0, 2**31 - 1))
+def test_solution_activations_properties(solved_namespace, seed):
+    rng = np.random.default_rng(seed)
+    x = torch.as_tensor(rng.standard_normal((3, 9)))
+    p = solved_namespace["sparsemax"](x)
+    torch.testing.assert_close(p.sum(-1), torch.ones(3, dtype=p.dtype))
+    assert torch.all(p >= 0)
+    k = int(rng.integers(1, 10))
+    no_boost = solved_namespace["kwta_boosted"](x, k, torch.rand(9, dtype=x.dtype), 0.0)
+    torch.testing.assert_close(no_boost, solved_namespace["topk_activation"](x, k))
+    assert ((no_boost != 0).sum(-1) == k).all()
