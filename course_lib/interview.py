@@ -216,9 +216,14 @@ def render_question_html(question: Question, evidence_output: str | None = None,
             f"{render_answer_html(question, evidence_output, bib, references_url)}</details></div>")
 
 
+def _one_line(html_text: str) -> str:
+    """Newlines as ``&#10;`` (same rendering, also inside ``<pre>``): one card = one physical line."""
+    return html_text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "&#10;")
+
+
 def anki_rows(questions) -> list[tuple[str, str, str]]:
     """Flash cards ``(front, back, tags)``: front = question, back = answer HTML, tags space-separated."""
-    return [(_MD.renderInline(q.question), render_answer_html(q),
+    return [(_one_line(_MD.renderInline(q.question)), _one_line(render_answer_html(q)),
              f"sparse-activation topic::{q.topic} level::{q.level}") for q in questions]
 
 
@@ -226,11 +231,12 @@ ANKI_HEADER = ("#separator:comma", "#html:true", "#columns:front,back,tags", "#t
 
 
 def write_anki_csv(questions, path: str | Path) -> Path:
-    """Write an Anki-importable CSV: Anki's ``#`` header lines, then one card per row."""
+    """Write an Anki-importable CSV: Anki's ``#`` header lines, then one card per line."""
     path = Path(path)
     with open(path, "w", encoding="utf-8", newline="") as fh:
         fh.write("\n".join(ANKI_HEADER) + "\n")
-        csv.writer(fh, lineterminator="\n").writerows(anki_rows(questions))
+        # QUOTE_ALL: no card line can start with "#" and be mistaken for a header line
+        csv.writer(fh, lineterminator="\n", quoting=csv.QUOTE_ALL).writerows(anki_rows(questions))
     return path
 
 
@@ -238,8 +244,9 @@ def read_anki_csv(path: str | Path) -> list[dict[str, str]]:
     """Read a CSV written by :func:`write_anki_csv` back into dicts keyed by the ``#columns`` header."""
     with open(path, encoding="utf-8", newline="") as fh:
         lines = fh.read().split("\n")
-    header = {line.split(":", 1)[0]: line.split(":", 1)[1] for line in lines if line.startswith("#")}
-    body = "\n".join(line for line in lines if not line.startswith("#"))
+    n_header = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    header = dict(line.split(":", 1) for line in lines[:n_header])
+    body = "\n".join(lines[n_header:])
     columns = header["#columns"].split(",")
     return [dict(zip(columns, row, strict=True)) for row in csv.reader(io.StringIO(body)) if row]
 
