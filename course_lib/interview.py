@@ -17,6 +17,7 @@ import io
 import posixpath
 import random
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,6 +150,16 @@ def doc_href(target_doc: str, from_doc: str) -> str:
     return posixpath.relpath(target_doc, posixpath.dirname(from_doc)) + ".html"
 
 
+_ACCENTS = {"'": "\u0301", "`": "\u0300", "^": "\u0302", '"': "\u0308", "~": "\u0303", "c": "\u0327"}
+
+
+def _latex_to_text(name: str) -> str:
+    """``Hrom{\\'a}dka`` → ``Hromádka``: LaTeX accent commands to Unicode, braces dropped."""
+    name = re.sub(r"\{?\\(['`^\"~c])\s*\{?(\w)\}?\}?",
+                  lambda m: unicodedata.normalize("NFC", m.group(2) + _ACCENTS[m.group(1)]), name)
+    return name.replace("{", "").replace("}", "").strip()
+
+
 def bib_entries(bib_path: str | Path) -> dict[str, str]:
     """Map each BibTeX key to a short label "Surname et al. (year)" (enough to render a source line)."""
     text = Path(bib_path).read_text(encoding="utf-8")
@@ -157,7 +168,7 @@ def bib_entries(bib_path: str | Path) -> dict[str, str]:
         key, body = match.groups()
         author = re.search(r"author\s*=\s*\{(.*?)\}\s*,?\s*\n", body, flags=re.S)
         year = re.search(r"year\s*=\s*\{?(\d{4})", body)
-        names = ([a.split(",")[0].strip(" {}") for a in author.group(1).split(" and ")]
+        names = ([_latex_to_text(a.split(",")[0]) for a in author.group(1).split(" and ")]
                  if author else [key])
         who = names[0] if len(names) == 1 else (
             f"{names[0]} & {names[1]}" if len(names) == 2 else f"{names[0]} et al.")

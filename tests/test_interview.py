@@ -49,6 +49,8 @@ def test_doc_href_is_relative_to_the_page():
 def test_every_ref_is_a_verified_bib_key():
     keys = iv.bib_entries(ROOT / "references.bib")
     assert keys["glorot2011deep"] == "Glorot et al. (2011)"
+    assert keys["hromadka2008sparse"] == "Hromádka et al. (2008)"
+    assert iv._latex_to_text("{Jos{\\'e} and {BDHU}") == "José and BDHU"
     unknown = {q.id: r for q in BANK for r in q.refs if r not in keys}
     assert not unknown, f"refs missing from references.bib: {unknown}"
 
