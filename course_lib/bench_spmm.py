@@ -154,8 +154,8 @@ def plot(rows: list[dict], shape=None, ax=None, title: str | None = None):
             x = crossover_density(sel, method, shape)
             if 0 < x < math.inf:
                 ax.axvline(x, color=line.get_color(), lw=0.8, ls=":")
-                ax.annotate(f"{x:.1%}", (x, ax.get_ylim()[0]), color=line.get_color(),
-                            rotation=90, va="bottom", ha="right", fontsize=8)
+                ax.annotate(f"{x:.1%}", (x, 0.02), xycoords=ax.get_xaxis_transform(),
+                            color=line.get_color(), rotation=90, va="bottom", ha="right", fontsize=8)
     ax.set(xscale="log", yscale="log", xlabel="density of A (nnz / m·k)", ylabel="time per call (ms)",
            title=title or f"SpMM {shape[0]}×{shape[1]} · {shape[1]}×{shape[2]}, fp32")
     ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.1%}".replace(".0%", "%")))
