@@ -61,3 +61,10 @@ def test_cli_writes_csv_with_machine_info_and_png(tmp_path, monkeypatch, capsys)
 def test_cli_refuses_cuda_without_a_gpu(monkeypatch):
     monkeypatch.setattr(bench_spmm.torch.cuda, "is_available", lambda: False)
     assert bench_spmm.main(["--device", "cuda"]) == 2
+
+
+def test_describe_density_names_out_of_range_crossovers():
+    assert bench_spmm.describe_density(0.0) == "below the smallest measured density"
+    assert bench_spmm.describe_density(math.inf) == "above the largest measured density"
+    assert bench_spmm.describe_density(0.071) == "7.1%"
+    assert bench_spmm.describe_density(0.2) == "20%"
