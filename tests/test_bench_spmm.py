@@ -68,3 +68,20 @@ def test_describe_density_names_out_of_range_crossovers():
     assert bench_spmm.describe_density(math.inf) == "above the largest measured density"
     assert bench_spmm.describe_density(0.071) == "7.1%"
     assert bench_spmm.describe_density(0.2) == "20%"
+
+
+@pytest.mark.parametrize("method", bench_spmm.METHODS["cpu"])
+def test_every_method_computes_the_product(method):
+    """What is timed is the right product; torch-kind tiers get device-resident CSR arrays."""
+    import numpy as np
+    import torch
+
+    from course_lib import data
+
+    A = data.make_sparse_matrix(30, 20, 0.2, seed=3)
+    ops = bench_spmm._operands(A, "cpu")
+    assert isinstance(ops["csr_device"].indptr, torch.Tensor)
+    B = torch.randn(20, 5)
+    C = bench_spmm._call(method)(ops, B)
+    C = C.numpy() if isinstance(C, torch.Tensor) else C
+    np.testing.assert_allclose(C, A.to_scipy() @ B.numpy(), rtol=1e-5, atol=1e-5)
