@@ -79,7 +79,7 @@ def memory_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 10, device: str =
     """
     import torch
     x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
-    M = x.view(4096, -1)
+    M = x[: x.numel() // 4096 * 4096].view(4096, -1)
     v = torch.ones(M.shape[1], dtype=torch.float32, device=device)
     best = min(measure(probe, repeats=repeats, warmup=2, device=device).median
                for probe in (lambda: x.sum(), lambda: torch.mv(M, v)))
