@@ -129,6 +129,8 @@ def _check_problem(X, D, lam=None, A=None):
 
 def soft_threshold(x: torch.Tensor, t: float) -> torch.Tensor:
     """S_t(x) = sign(x)·max(|x| − t, 0), the proximal map of t·|·|₁ (elementwise)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not t >= 0:
         raise ValueError(f"threshold t must be >= 0, got {t}")
     return torch.sign(x) * torch.clamp(x.abs() - t, min=0)

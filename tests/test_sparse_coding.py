@@ -46,6 +46,8 @@ def test_soft_threshold_values_and_bad_threshold():
     assert torch.equal(sc.soft_threshold(x, 1.0), torch.tensor([-2.0, 0.0, 0.0, 0.0, 1.0]))
     with pytest.raises(ValueError, match="threshold"):
         sc.soft_threshold(x, -0.1)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        sc.soft_threshold([1.0, 2.0], 0.5)
 
 
 # ---------------------------------------------------------------- codes vs scikit-learn
@@ -58,6 +60,21 @@ def test_fista_matches_sklearn_sparse_encode(lam):
                            max_iter=100_000)
     # undercomplete generic D: the lasso solution is unique, so the codes themselves agree
     np.testing.assert_allclose(ours.numpy(), ref, atol=1e-6)
+
+
+def test_lambda_is_lasso_alpha_times_n_features():
+    """The scaling convention: our ½||x − aD||² + λ||a||₁ is p times scikit-learn's Lasso
+    objective (1/(2p))||x − Dᵀa||² + α||a||₁ with α = λ/p, so both have the same minimizer."""
+    from sklearn.linear_model import Lasso
+
+    X, D = _problem(11)
+    lam, p = 0.3, D.shape[1]
+    ours = sc.sparse_encode(X, D, lam, n_iter=3000).numpy()
+    for x, a in zip(X.numpy(), ours):
+        ref = Lasso(alpha=lam / p, fit_intercept=False, tol=1e-12, max_iter=100_000).fit(D.numpy().T, x)
+        np.testing.assert_allclose(a, ref.coef_, atol=1e-6)
+        wrong = Lasso(alpha=lam, fit_intercept=False, max_iter=100_000).fit(D.numpy().T, x)
+        assert not np.allclose(wrong.coef_, a, atol=1e-3)  # forgetting the 1/p changes the code
 
 
 @given(st.integers(0, 10_000), st.floats(0.01, 2.0))
