@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, strategies as st
+from hypothesis import assume, given, strategies as st
 from hypothesis.extra.numpy import arrays
 
 from course_lib import activations as A
@@ -147,3 +147,17 @@ def test_sparsemax_gradcheck_and_jacobian():
     J = torch.autograd.functional.jacobian(A.sparsemax, z1)
     s = (A.sparsemax(z1) > 0).double()
     torch.testing.assert_close(J, torch.diag(s) - torch.outer(s, s) / s.sum())
+
+
+@given(matrices(min_cols=2), st.data())
+def test_kwinners_matches_numpy_oracle(a, data):
+    """Winners = the k largest of x·exp(β(k/n − d)) by a numpy argsort; output keeps x."""
+    x = torch.from_numpy(a)
+    n = x.shape[1]
+    k = data.draw(st.integers(1, n))
+    duty = data.draw(arrays(np.float64, n, elements=st.floats(0, 1)))
+    beta = data.draw(st.floats(0, 5))
+    scores = a * np.exp(beta * (k / n - duty))
+    assume(all(len(set(row)) == n for row in scores.round(12)))   # ties: any k of them is valid
+    expected = np.where(np.argsort(np.argsort(-scores, axis=1), axis=1) < k, a, 0.0)
+    np.testing.assert_array_equal(A.kwinners(x, k, torch.from_numpy(duty), beta).numpy(), expected)
