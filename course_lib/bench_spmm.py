@@ -34,7 +34,9 @@ from . import bench, data, spmm
 FULL = dict(cases=[((4096, 4096, 64), [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5]),
                    ((4096, 4096, 256), [0.001, 0.01, 0.05, 0.2, 0.5])], repeats=10)
 QUICK = dict(cases=[((1024, 1024, 64), [0.001, 0.01, 0.1, 0.5])], repeats=5)
-#: methods per device; "dense" is torch.mm on the densified A (MKL/oneDNN, cuBLAS)
+#: methods per device; "dense" is torch.mm on the densified A (MKL/oneDNN, cuBLAS). The "python"
+#: reference tier is left out (seconds per call at these sizes), and "triton" runs on CUDA only
+#: (on the CPU it would time the interpreter)
 METHODS = {"cpu": ["numpy", "torch", "cpu_fast", "scipy", "torch_sparse", "dense"],
            "cuda": ["torch", "triton", "torch_sparse", "dense"]}
 #: the vectorized teaching tiers take seconds per call beyond this density and are never
