@@ -37,9 +37,12 @@ import triton.language as tl  # noqa: E402
 from .formats import BSR, CSR  # noqa: E402
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-#: elements of the (nnz × n) temporary the vectorized tiers build per chunk of rows: 1 MiB of
-#: fp32, so the temporary stays in L2 (16× larger chunks measured ~3× slower on this 2-core CPU)
+#: elements of the (nnz × n) temporary the numpy tier builds per chunk of rows: 1 MiB of fp32,
+#: so the temporary stays in L2 (16× larger chunks measured ~3× slower on this 2-core CPU)
 CHUNK_ELEMENTS = 1 << 18
+#: the torch tier's chunk (64 MiB of fp32): every torch op costs a thread-pool round trip on the
+#: CPU or a kernel launch on the GPU, so it takes few large chunks
+TORCH_CHUNK_ELEMENTS = 1 << 24
 
 
 # --------------------------------------------------------------------------------------------
@@ -98,13 +101,13 @@ def _as_torch(x, device="cpu") -> torch.Tensor:
         return torch.as_tensor(x, device=device)
 
 
-def _row_chunks(indptr, width: int):
-    """Split rows into [r0, r1) ranges whose nonzeros × ``width`` stay near ``CHUNK_ELEMENTS``.
+def _row_chunks(indptr, width: int, budget: int):
+    """Split rows into [r0, r1) ranges whose nonzeros × ``width`` stay near ``budget`` elements.
 
     Bounds the temporary of the vectorized tiers; a row longer than the budget is its own chunk.
     """
     ptr = np.asarray(indptr.cpu() if isinstance(indptr, torch.Tensor) else indptr, dtype=np.int64)
-    per_chunk = max(1, CHUNK_ELEMENTS // max(width, 1))
+    per_chunk = max(1, budget // max(width, 1))
     m, r0 = len(ptr) - 1, 0
     while r0 < m:
         r1 = int(np.searchsorted(ptr, ptr[r0] + per_chunk, side="right")) - 1
@@ -170,7 +173,7 @@ def spmm_numpy(A, B: np.ndarray) -> np.ndarray:
         C = np.zeros((A.shape[0], n), dtype=B.dtype)
         product = lambda lo, hi: data[lo:hi, None] * B[indices[lo:hi]]  # noqa: E731
         width = n
-    for r0, r1 in _row_chunks(indptr, width):
+    for r0, r1 in _row_chunks(indptr, width, CHUNK_ELEMENTS):
         lo, hi = indptr[r0], indptr[r1]
         _segment_sum(product(lo, hi), indptr[r0:r1 + 1] - lo, C[r0:r1])
     return C.reshape(A.shape[0], n)
@@ -198,7 +201,7 @@ def spmm_torch(A, B: torch.Tensor) -> torch.Tensor:
         C = torch.zeros((A.shape[0], n), dtype=B.dtype, device=B.device)
         product = lambda lo, hi: data[lo:hi, None] * B[indices[lo:hi]]  # noqa: E731
         width = n
-    for r0, r1 in _row_chunks(indptr, width):
+    for r0, r1 in _row_chunks(indptr, width, TORCH_CHUNK_ELEMENTS):
         lo, hi = int(indptr[r0]), int(indptr[r1])
         rows = torch.repeat_interleave(torch.arange(r1 - r0, device=B.device), counts[r0:r1])
         C[r0:r1].index_add_(0, rows, product(lo, hi))

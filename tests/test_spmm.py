@@ -103,6 +103,7 @@ def test_triton_csr_masks_column_tail_and_long_rows():
 def test_vectorized_tiers_chunk_rows(monkeypatch, impl):
     """A tiny chunk budget forces many chunks, and rows longer than one chunk."""
     monkeypatch.setattr(spmm, "CHUNK_ELEMENTS", 24)
+    monkeypatch.setattr(spmm, "TORCH_CHUNK_ELEMENTS", 24)
     rng = np.random.default_rng(3)
     dense = random_dense(rng, 30, 20, 0.4, np.float64)
     dense[7] = rng.standard_normal(20)
