@@ -3,7 +3,7 @@
 ``python -m course_lib.bench ffn [--quick] [--device cpu|cuda] [--out DIR]``
 
 Two products of a ``d_model × d_ff`` FFN (default 4096 × 16384, as in a 7B-class model), at
-densities 50/25/10/5 %, each call on a **fresh** random active set (sorted, as ``nonzero`` returns it):
+densities 100 (the sparse kernel's own dense rate)/50/25/10/5 %, each call on a **fresh** random active set (sorted, as ``nonzero`` returns it):
 
 * ``down``: ``y = W2[:, S] · h[S]`` with ``ffn.gather_gemv`` on ``W2ᵀ``; baseline ``torch.mv(W2, h)``;
 * ``up``:   ``h[S] = W1[S] · x`` with ``ffn.row_gemv`` (predicted rows); baseline ``torch.mv(W1, x)``.
@@ -25,7 +25,8 @@ import torch
 
 from . import bench, ffn
 
-DENSITIES = (0.5, 0.25, 0.1, 0.05)
+#: 1.0 runs the sparse kernel on every row: its own dense rate, the reference for the others
+DENSITIES = (1.0, 0.5, 0.25, 0.1, 0.05)
 FULL = dict(d_model=4096, d_ff=16384, repeats=20)
 QUICK = dict(d_model=512, d_ff=2048, repeats=5)
 
@@ -102,13 +103,14 @@ def main(argv=None) -> int:
         print("--device cuda: no CUDA device is available on this machine", file=sys.stderr)
         return 2
     sizes = QUICK if args.quick else FULL
+    load_at_start = os.getloadavg()[0]  # other jobs sharing the cores, recorded with the results
     rows, bandwidth = run(sizes["d_model"], sizes["d_ff"], sizes["repeats"], args.device)
     print(f"measured read bandwidth: {bandwidth:.1f} GB/s")
     _print_table(rows)
     if args.out is not None:
         meta = bench.machine_info(args.device)
         meta["bandwidth_GBs"] = f"{bandwidth:.2f}"
-        meta["load_average_1min_at_end"] = f"{os.getloadavg()[0]:.2f}"  # other jobs sharing the cores
+        meta["load_average_1min"] = f"{load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at end"
         meta["command"] = "python -m course_lib.bench ffn " + shlex.join(
             list(sys.argv[1:] if argv is None else argv))
         name = f"ffn_bench_{args.device}{'_quick' if args.quick else ''}.csv"

@@ -312,7 +312,7 @@ class LowRankPredictor(nn.Module):
                              f"{tuple(active.shape)}")
         torch.manual_seed(seed)
         opt = torch.optim.Adam(self.parameters(), lr=lr)
-        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight))
+        loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(pos_weight, device=X.device))
         target = active.float()
         losses = []
         for _ in range(steps):
@@ -389,7 +389,8 @@ class SparseFFN:
         """Train a low-rank predictor of the active set ``{j : h_j ≠ 0}`` (or ``|h_j| > t``) on ``X``."""
         with torch.no_grad():
             active = self._mask(self.hidden(X))
-        self.predictor = LowRankPredictor(self.d_model, self.d_ff, rank).to(self.W1.dtype)
+        self.predictor = LowRankPredictor(self.d_model, self.d_ff, rank)
+        self.predictor.to(device=self.W1.device, dtype=self.W1.dtype)
         return self.predictor.fit(X, active, **fit_kwargs)
 
     def _mask(self, h: torch.Tensor) -> torch.Tensor:
@@ -435,7 +436,7 @@ class SparseFFN:
         idx = self.active_set(x, mode)
         if mode == "predicted":  # compute only the predicted rows of W1, then the active columns of W2
             h_active = self.act(row_gemv(self.W1, x, idx, backend=self.backend) + self.b1[idx])
-            h = torch.zeros(self.d_ff, dtype=x.dtype)
+            h = x.new_zeros(self.d_ff)
             h[idx] = h_active
         else:
             h = self.hidden(x)
