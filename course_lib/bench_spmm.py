@@ -25,10 +25,19 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numba
-import torch
+# Idle OpenMP threads (torch/MKL and numba's workers) sleep instead of spinning. On a machine
+# shared with other jobs, spinning threads steal the cores the working threads need and a
+# parallel loop then waits a scheduler time slice for its last thread: measured here, 4–8× slower
+# multi-threaded sparse kernels at load average 8. Takes effect only if the OpenMP runtimes
+# are loaded after this line (the CLI path); the value in effect is recorded in the CSV.
+OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY") or (
+    "default (OpenMP loaded before course_lib.bench_spmm)" if "torch" in sys.modules else "PASSIVE")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import bench, data, spmm
+import numba  # noqa: E402
+import torch  # noqa: E402
+
+from . import bench, data, spmm  # noqa: E402
 
 #: (shape m, k, n) → densities; the first shape is the one plotted
 FULL = dict(cases=[((4096, 4096, 64), [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5]),
@@ -88,7 +97,8 @@ def run(cases, repeats: int, device: str = "cpu", seed: int = 0, methods=None,
     meta = {**bench.machine_info(device), "bandwidth_GBps": round(bandwidth, 2),
             "numba_threads": numba.get_num_threads(),
             "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
-            "loadavg_1min_at_start": os.getloadavg()[0]}
+            "loadavg_1min_at_start": os.getloadavg()[0],
+            "omp_wait_policy": OMP_WAIT_POLICY}
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for (m, k, n), densities in cases:
