@@ -57,6 +57,27 @@ def test_triton_interpreter_matches_cpu(fn):
                                rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("fn", [ffn.gather_gemv, ffn.row_gemv])
+def test_triton_bf16_accumulates_in_fp32(fn):
+    W, v, x, idx = _problem(48, 40, 20, dtype=torch.float32)
+    vec = v if fn is ffn.gather_gemv else x
+    got = fn(W.bfloat16(), vec.bfloat16(), idx, backend="triton")
+    assert got.dtype == torch.bfloat16
+    expected = fn(W.bfloat16().float(), vec.bfloat16().float(), idx, backend="ref")
+    torch.testing.assert_close(got.float(), expected, rtol=1e-2, atol=2e-2)  # one bf16 rounding
+
+
+@given(d_model=st.integers(1, 24), d_ff=st.integers(1, 48), n=st.integers(1, 4),
+       seed=st.integers(0, 2**16))
+def test_exact_mode_property(d_model, d_ff, n, seed):
+    torch.manual_seed(seed)
+    up, down = torch.nn.Linear(d_model, d_ff).double(), torch.nn.Linear(d_ff, d_model).double()
+    layer = ffn.SparseFFN.from_linear(up, down, "relu")
+    X = torch.randn(n, d_model, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(X, "exact"), down(torch.relu(up(X))))
+
+
 def test_bad_inputs_name_the_invariant():
     W, v, x, idx = _problem(8, 5, 3)
     with pytest.raises(ValueError, match="out of range"):
