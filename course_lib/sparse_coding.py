@@ -170,7 +170,7 @@ def sparse_encode(X: torch.Tensor, D: torch.Tensor, lam: float, n_iter: int = 10
     if not isinstance(n_iter, int) or n_iter < 1:
         raise ValueError(f"n_iter must be a positive int, got {n_iter!r}")
     L = lipschitz_constant(D)
-    if L == 0:  # all atoms zero: the only minimizer is A = 0
+    if L == 0:  # all atoms zero: A = 0 is a minimizer (the only one when λ > 0)
         return torch.zeros(X.shape[0], D.shape[0], dtype=X.dtype)
     G, XDt = D @ D.T, X @ D.T
     A = torch.zeros(X.shape[0], D.shape[0], dtype=X.dtype) if A0 is None else A0.clone()
