@@ -133,3 +133,26 @@ def test_duty_cycle_accepts_bool_and_float_and_keeps_dtype():
 def test_duty_cycle_rejects_bad_input(d, active, period, err, match):
     with pytest.raises(err, match=match):
         brain.update_duty_cycles(d, active, period)
+
+
+@given(st.integers(1, 200), st.data())
+def test_match_probability_is_a_decreasing_tail_of_a_distribution(n, data):
+    a = data.draw(st.integers(0, n))
+    tail = [brain.match_probability(n, a, t) for t in range(a + 2)]
+    assert tail[0] == 1.0 and tail[-1] == 0.0
+    assert all(x >= y for x, y in zip(tail, tail[1:]))
+    exact = [tail[t] - tail[t + 1] for t in range(a + 1)]  # P(|x ∩ y| = t)
+    assert sum(exact) == pytest.approx(1.0)
+
+
+@given(st.integers(1, 6), st.integers(1, 8), st.integers(0, 30), st.integers(0, 1000))
+def test_duty_cycles_stay_in_unit_interval(B, n, extra, seed):
+    """The update is a convex combination of the old average and the batch win rate."""
+    g = torch.Generator().manual_seed(seed)
+    d = torch.rand(n, generator=g, dtype=torch.float64)
+    active = torch.rand(B, n, generator=g) < 0.5
+    new = brain.update_duty_cycles(d, active, B + extra)
+    assert torch.all((0 <= new) & (new <= 1))
+    batch_rate = active.double().mean(0)
+    assert torch.all(new >= torch.minimum(d, batch_rate) - 1e-12)
+    assert torch.all(new <= torch.maximum(d, batch_rate) + 1e-12)
