@@ -32,8 +32,8 @@ QUICK = dict(d_model=512, d_ff=2048, repeats=5)
 
 
 def _dtypes(device: str) -> list[torch.dtype]:
-    """fp32 everywhere; bf16 where the sparse kernel supports it (Triton on CUDA; numba has no bf16)."""
-    return [torch.float32, torch.bfloat16] if device.startswith("cuda") else [torch.float32]
+    """fp32 and bf16: both kernels (numba on CPU, Triton on CUDA) read bf16 and accumulate in fp32."""
+    return [torch.float32, torch.bfloat16]
 
 
 def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",

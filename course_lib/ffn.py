@@ -15,7 +15,8 @@ Kernels (torch tensors in, torch tensor out):
 * :func:`row_gemv` ``h[p] = W[idx[p]] · x`` (up-projection of predicted-active neurons only).
 
 Tiers: ``*_ref`` index with ``torch.index_select`` (readable, but copies the gathered rows);
-the CPU tier is a numba kernel that reads the active rows in place, split over threads; the
+the CPU tier is a numba kernel that reads the active rows in place, split over threads
+(fp32/fp64, and bf16 read as its 16 bits and widened to fp32 in registers); the
 Triton tier runs on CUDA tensors (and under ``TRITON_INTERPRET=1`` on CPU, for tests).
 
 :class:`SparseFFN` has the modes ``dense``, ``exact`` (the exact zeros of ReLU), ``threshold``
@@ -30,6 +31,9 @@ import os
 import numba
 import numpy as np
 import torch
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic, overload
 from torch import nn
 
 __all__ = [
@@ -88,6 +92,32 @@ def row_gemv_ref(W: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> torch.T
 
 # --------------------------------------------------------------------------- CPU tier (numba)
 
+@intrinsic
+def _bf16_to_f32(typingctx, bits):
+    """bfloat16 is the top half of a float32: ``f32 = bitcast(uint32(bits) << 16)``."""
+    if bits != types.uint16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        wide = builder.zext(args[0], ir.IntType(32))
+        return builder.bitcast(builder.shl(wide, ir.Constant(ir.IntType(32), 16)), ir.FloatType())
+    return types.float32(bits), codegen
+
+
+def _value(x):  # pragma: no cover - only its numba overload below is ever called
+    """A stored weight as a number: floats as they are, bf16 bits (uint16) widened to float32."""
+    raise NotImplementedError
+
+
+@overload(_value, inline="always")
+def _value_overload(x):
+    if isinstance(x, types.Float):
+        return lambda x: x
+    if x == types.uint16:
+        return lambda x: _bf16_to_f32(x)
+    return None
+
+
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _gather_gemv_cpu(Wt, v, idx, out, nt):  # pragma: no cover - compiled
     # Split-K: thread t owns a contiguous slice of the active list and streams whole rows of Wt
@@ -102,14 +132,16 @@ def _gather_gemv_cpu(Wt, v, idx, out, nt):  # pragma: no cover - compiled
         p, hi = t * chunk, min(k, (t + 1) * chunk)
         while p + 4 <= hi:
             r0, r1, r2, r3 = Wt[idx[p]], Wt[idx[p + 1]], Wt[idx[p + 2]], Wt[idx[p + 3]]
-            s0, s1, s2, s3 = v[idx[p]], v[idx[p + 1]], v[idx[p + 2]], v[idx[p + 3]]
+            s0, s1 = _value(v[idx[p]]), _value(v[idx[p + 1]])
+            s2, s3 = _value(v[idx[p + 2]]), _value(v[idx[p + 3]])
             for c in range(n):
-                acc[c] += s0 * r0[c] + s1 * r1[c] + s2 * r2[c] + s3 * r3[c]
+                acc[c] += (s0 * _value(r0[c]) + s1 * _value(r1[c])
+                           + s2 * _value(r2[c]) + s3 * _value(r3[c]))
             p += 4
         for q in range(p, hi):
-            r0, s0 = Wt[idx[q]], v[idx[q]]
+            r0, s0 = Wt[idx[q]], _value(v[idx[q]])
             for c in range(n):
-                acc[c] += s0 * r0[c]
+                acc[c] += s0 * _value(r0[c])
     for c in range(n):
         total = partial[0, c]
         for t in range(1, nt):
@@ -120,37 +152,42 @@ def _gather_gemv_cpu(Wt, v, idx, out, nt):  # pragma: no cover - compiled
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _row_gemv_cpu(W, x, idx, out):  # pragma: no cover - compiled
     # Four active rows per iteration: four concurrent row streams share each load of x, with
-    # accumulators in the data's dtype (x[0] * 0) so the reduction vectorizes at full width.
+    # accumulators in the values' dtype (_value(x[0]) * 0) so the reduction vectorizes at full width.
     n = W.shape[1]
     k = idx.shape[0]
     for b in numba.prange((k + 3) // 4):
         p = 4 * b
         if p + 4 <= k:
             r0, r1, r2, r3 = W[idx[p]], W[idx[p + 1]], W[idx[p + 2]], W[idx[p + 3]]
-            s0 = s1 = s2 = s3 = x[0] * 0
+            s0 = s1 = s2 = s3 = _value(x[0]) * 0
             for c in range(n):
-                xc = x[c]
-                s0 += r0[c] * xc
-                s1 += r1[c] * xc
-                s2 += r2[c] * xc
-                s3 += r3[c] * xc
+                xc = _value(x[c])
+                s0 += _value(r0[c]) * xc
+                s1 += _value(r1[c]) * xc
+                s2 += _value(r2[c]) * xc
+                s3 += _value(r3[c]) * xc
             out[p], out[p + 1], out[p + 2], out[p + 3] = s0, s1, s2, s3
         else:
             for q in range(p, k):
                 row = W[idx[q]]
-                s = x[0] * 0
+                s = _value(x[0]) * 0
                 for c in range(n):
-                    s += row[c] * x[c]
+                    s += _value(row[c]) * _value(x[c])
                 out[q] = s
 
 
-_CPU_DTYPES = (torch.float32, torch.float64)
+_CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
 def _cpu_arrays(name, W, v, idx):
+    """NumPy views for the numba kernels (bf16 as its uint16 bits) and the output dtype."""
     if W.dtype not in _CPU_DTYPES:
-        raise TypeError(f"{name}: the CPU kernel supports float32/float64, got {W.dtype}")
-    return W.contiguous().numpy(), v.contiguous().numpy(), idx.contiguous().numpy()
+        raise TypeError(f"{name}: the CPU kernel supports float32/float64/bfloat16, got {W.dtype}")
+    if W.dtype == torch.bfloat16:  # numba has no bf16: pass the bits, accumulate in float32
+        bits = lambda t: t.contiguous().view(torch.int16).numpy().view(np.uint16)  # noqa: E731
+        return bits(W), bits(v), idx.contiguous().numpy(), np.float32
+    Wn = W.contiguous().numpy()
+    return Wn, v.contiguous().numpy(), idx.contiguous().numpy(), Wn.dtype
 
 
 # --------------------------------------------------------------------------- Triton tier
@@ -224,10 +261,10 @@ def gather_gemv(Wt: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *,
     if backend == "ref":
         return gather_gemv_ref(Wt, v, idx)
     if backend == "cpu":
-        W, vv, ii = _cpu_arrays("gather_gemv", Wt, v, idx)
-        out = np.empty(W.shape[1], dtype=W.dtype)
+        W, vv, ii, acc_dtype = _cpu_arrays("gather_gemv", Wt, v, idx)
+        out = np.empty(W.shape[1], dtype=acc_dtype)
         _gather_gemv_cpu(W, vv, ii, out, numba.get_num_threads())
-        return torch.from_numpy(out)
+        return torch.from_numpy(out).to(Wt.dtype)
     kern = _triton_kernels()
     Wt, v, idx = Wt.contiguous(), v.contiguous(), idx.contiguous()
     K, N = idx.shape[0], Wt.shape[1]
@@ -247,11 +284,11 @@ def row_gemv(W: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, *,
     if backend == "ref":
         return row_gemv_ref(W, x, idx)
     if backend == "cpu":
-        WW, xx, ii = _cpu_arrays("row_gemv", W, x, idx)
-        out = np.zeros(ii.shape[0], dtype=WW.dtype)
+        WW, xx, ii, acc_dtype = _cpu_arrays("row_gemv", W, x, idx)
+        out = np.zeros(ii.shape[0], dtype=acc_dtype)
         if WW.shape[1]:  # the kernel reads x[0] for its zero
             _row_gemv_cpu(WW, xx, ii, out)
-        return torch.from_numpy(out)
+        return torch.from_numpy(out).to(W.dtype)
     kern = _triton_kernels()
     W, x, idx = W.contiguous(), x.contiguous(), idx.contiguous()
     K, N = idx.shape[0], W.shape[1]
