@@ -98,6 +98,34 @@ def _same_index_dtype(**arrays: np.ndarray) -> None:
         raise TypeError(f"index arrays must share one dtype, got {dtypes}")
 
 
+def _same_length(**arrays: np.ndarray) -> None:
+    lengths = {name: len(a) for name, a in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"{', '.join(lengths)} must have one length (the number of stored "
+                         f"entries), got {lengths}")
+
+
+class _Stored:
+    """What the formats share: read-only array fields, their size in bytes, the density."""
+
+    _arrays: tuple[str, ...] = ()
+
+    def _store(self, shape: tuple[int, int], **arrays: np.ndarray) -> None:
+        for name, a in arrays.items():
+            object.__setattr__(self, name, _frozen(a))
+        object.__setattr__(self, "shape", shape)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(self, name).nbytes for name in self._arrays)
+
+    @property
+    def density(self) -> float:
+        """Stored values / (rows × columns)."""
+        size = self.shape[0] * self.shape[1]
+        return self.nnz / size if size else 0.0
+
+
 def _as_dense(A) -> np.ndarray:
     A = np.asarray(A)
     if A.ndim != 2:
@@ -108,30 +136,26 @@ def _as_dense(A) -> np.ndarray:
 # --------------------------------------------------------------------------------------- COO
 
 @dataclass(frozen=True, eq=False)
-class COO:
+class COO(_Stored):
     """Coordinate format: ``A[row[k], col[k]] += data[k]`` for every k (duplicates add up)."""
 
     row: np.ndarray
     col: np.ndarray
     data: np.ndarray
     shape: tuple[int, int]
+    _arrays = ("row", "col", "data")
 
     def __post_init__(self):
         m, n = _shape(self.shape)
         row, col = _index_array("row", self.row), _index_array("col", self.col)
         data = _data_array(self.data)
-        if not len(row) == len(col) == len(data):
-            raise ValueError(f"row, col and data must have one length (nnz), got "
-                             f"{len(row)}, {len(col)}, {len(data)}")
+        _same_length(row=row, col=col, data=data)
         _same_index_dtype(row=row, col=col)
         _check_in_range("row", row, m)
         _check_in_range("col", col, n)
-        for name, a in (("row", row), ("col", col), ("data", data), ("shape", (m, n))):
-            object.__setattr__(self, name, a if name == "shape" else _frozen(a))
+        self._store((m, n), row=row, col=col, data=data)
 
     nnz = property(lambda self: len(self.data), doc="Number of stored entries (duplicates count).")
-    density = property(lambda self: _density(self.nnz, self.shape))
-    nbytes = property(lambda self: self.row.nbytes + self.col.nbytes + self.data.nbytes)
 
     @classmethod
     def from_dense(cls, A, index_dtype=np.int64) -> "COO":
@@ -167,7 +191,7 @@ class COO:
 # --------------------------------------------------------------------------------------- CSR
 
 @dataclass(frozen=True, eq=False)
-class CSR:
+class CSR(_Stored):
     """Compressed sparse rows: row i holds ``data[indptr[i]:indptr[i+1]]`` at columns
     ``indices[indptr[i]:indptr[i+1]]``."""
 
@@ -175,24 +199,19 @@ class CSR:
     indices: np.ndarray
     data: np.ndarray
     shape: tuple[int, int]
+    _arrays = ("indptr", "indices", "data")
 
     def __post_init__(self):
         m, n = _shape(self.shape)
         indptr, indices = _index_array("indptr", self.indptr), _index_array("indices", self.indices)
         data = _data_array(self.data)
-        if len(indices) != len(data):
-            raise ValueError(f"indices and data must have one length (nnz), got "
-                             f"{len(indices)} and {len(data)}")
+        _same_length(indices=indices, data=data)
         _same_index_dtype(indptr=indptr, indices=indices)
         _check_indptr(indptr, m, len(data))
         _check_in_range("indices", indices, n)
-        for name, a in (("indptr", indptr), ("indices", indices), ("data", data)):
-            object.__setattr__(self, name, _frozen(a))
-        object.__setattr__(self, "shape", (m, n))
+        self._store((m, n), indptr=indptr, indices=indices, data=data)
 
     nnz = property(lambda self: len(self.data), doc="Number of stored entries.")
-    density = property(lambda self: _density(self.nnz, self.shape))
-    nbytes = property(lambda self: self.indptr.nbytes + self.indices.nbytes + self.data.nbytes)
     dtype = property(lambda self: self.data.dtype)
 
     def row_lengths(self) -> np.ndarray:
@@ -260,7 +279,7 @@ class CSR:
 # --------------------------------------------------------------------------------------- BSR
 
 @dataclass(frozen=True, eq=False)
-class BSR:
+class BSR(_Stored):
     """Block CSR with R×C blocks: block row I holds blocks ``data[indptr[I]:indptr[I+1]]``
     (each R×C, dense) at block columns ``indices[...]``. ``data`` has shape (nnzb, R, C)."""
 
@@ -268,27 +287,22 @@ class BSR:
     indices: np.ndarray
     data: np.ndarray
     shape: tuple[int, int]
+    _arrays = ("indptr", "indices", "data")
 
     def __post_init__(self):
         m, n = _shape(self.shape)
         indptr, indices = _index_array("indptr", self.indptr), _index_array("indices", self.indices)
         data = _data_array(self.data, ndim=3)
         R, C = _blocksize(data.shape[1:], (m, n))
-        if len(indices) != len(data):
-            raise ValueError(f"indices and data must have one length (nnzb), got "
-                             f"{len(indices)} and {len(data)}")
+        _same_length(indices=indices, data=data)
         _same_index_dtype(indptr=indptr, indices=indices)
         _check_indptr(indptr, m // R, len(data))
         _check_in_range("indices", indices, n // C)
-        for name, a in (("indptr", indptr), ("indices", indices), ("data", data)):
-            object.__setattr__(self, name, _frozen(a))
-        object.__setattr__(self, "shape", (m, n))
+        self._store((m, n), indptr=indptr, indices=indices, data=data)
 
     blocksize = property(lambda self: tuple(self.data.shape[1:]))
     nnzb = property(lambda self: len(self.data), doc="Number of stored blocks.")
     nnz = property(lambda self: self.data.size, doc="Stored values, zeros inside blocks included.")
-    density = property(lambda self: _density(self.nnz, self.shape))
-    nbytes = property(lambda self: self.indptr.nbytes + self.indices.nbytes + self.data.nbytes)
     dtype = property(lambda self: self.data.dtype)
 
     @classmethod
@@ -329,11 +343,6 @@ def _blocksize(blocksize, shape) -> tuple[int, int]:
     if shape[0] % R or shape[1] % C:
         raise ValueError(f"block size {(R, C)} must divide the shape {tuple(shape)}")
     return R, C
-
-
-def _density(nnz: int, shape) -> float:
-    size = shape[0] * shape[1]
-    return nnz / size if size else 0.0
 
 
 # ------------------------------------------------------------------------------ N:M sparsity
