@@ -36,7 +36,7 @@ import triton.language as tl  # noqa: E402
 
 from .formats import BSR, CSR  # noqa: E402
 
-FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+FLOAT_DTYPES = ("float32", "float64")
 #: elements of the (nnz × n) temporary the numpy tier builds per chunk of rows: 1 MiB of fp32,
 #: so the temporary stays in L2 (16× larger chunks measured ~3× slower on this 2-core CPU)
 CHUNK_ELEMENTS = 1 << 18
@@ -49,11 +49,9 @@ TORCH_CHUNK_ELEMENTS = 1 << 24
 # operand checks and conversions
 # --------------------------------------------------------------------------------------------
 
-def _np_dtype(x) -> np.dtype:
-    """The NumPy dtype of a NumPy array or torch tensor."""
-    if isinstance(x, torch.Tensor):
-        return np.dtype(str(x.dtype).removeprefix("torch."))
-    return np.asarray(x).dtype
+def _dtype_name(x) -> str:
+    """'float32', 'int64', 'bfloat16', … for a NumPy array or torch tensor."""
+    return str(x.dtype).removeprefix("torch.")
 
 
 def _device(x) -> str:
@@ -72,7 +70,7 @@ def check_operands(A, B) -> None:
     if A.shape[1] != B.shape[0]:
         raise ValueError(f"shape mismatch: A is {tuple(A.shape)}, B is {tuple(B.shape)} "
                          f"(A.shape[1] = {A.shape[1]} must equal B.shape[0] = {B.shape[0]})")
-    a_dt, b_dt = _np_dtype(A.data), _np_dtype(B)
+    a_dt, b_dt = _dtype_name(A.data), _dtype_name(B)
     if b_dt not in FLOAT_DTYPES:
         raise TypeError(f"B must be float32 or float64, got {b_dt}")
     if a_dt != b_dt:

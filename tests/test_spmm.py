@@ -196,3 +196,5 @@ def test_bad_a_impl_and_device():
         spmm.spmm(A32, meta, "numpy")
     with pytest.raises(ValueError, match="1-D"):
         spmm.spmv(A32, np.ones((3, 1), np.float32))
+    with pytest.raises(TypeError, match="float32 or float64, got bfloat16"):
+        spmm.spmm(A32, torch.ones((3, 2), dtype=torch.bfloat16))
