@@ -366,8 +366,8 @@ class LowRankPredictor(nn.Module):
 class SparseFFN:
     """Inference-only FFN ``y = W2 · act(W1 · x + b1) + b2`` that reads only active neurons' weights.
 
-    Stores ``W1`` as ``(d_ff, d_model)`` and ``W2t = W2ᵀ`` as ``(d_ff, d_model)``: the weights of
-    neuron ``j`` are the contiguous rows ``W1[j]`` and ``W2t[j]``.
+    Stores ``W1`` as ``(d_ff, d_model)`` and ``W2t = W2ᵀ`` as ``(d_ff, d_out)`` (``d_out = d_model``
+    in a transformer): the weights of neuron ``j`` are the contiguous rows ``W1[j]`` and ``W2t[j]``.
     """
 
     MODES = ("dense", "exact", "threshold", "predicted")
@@ -376,11 +376,11 @@ class SparseFFN:
                  activation: str = "relu", backend: str = "auto"):
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
-        if W1.ndim != 2 or W2.ndim != 2 or W2.shape != (W1.shape[1], W1.shape[0]):
-            raise ValueError(f"need W1 (d_ff, d_model) and W2 (d_model, d_ff), got "
+        if W1.ndim != 2 or W2.ndim != 2 or W2.shape[1] != W1.shape[0]:
+            raise ValueError(f"need W1 (d_ff, d_model) and W2 (d_out, d_ff), got "
                              f"{tuple(W1.shape)} and {tuple(W2.shape)}")
-        if b1.shape != (W1.shape[0],) or b2.shape != (W1.shape[1],):
-            raise ValueError(f"need b1 ({W1.shape[0]},) and b2 ({W1.shape[1]},), got "
+        if b1.shape != (W1.shape[0],) or b2.shape != (W2.shape[0],):
+            raise ValueError(f"need b1 ({W1.shape[0]},) and b2 ({W2.shape[0]},), got "
                              f"{tuple(b1.shape)} and {tuple(b2.shape)}")
         self.W1 = W1.detach().contiguous()
         self.b1 = b1.detach()
@@ -395,7 +395,7 @@ class SparseFFN:
     @classmethod
     def from_linear(cls, up: nn.Linear, down: nn.Linear, activation: str = "relu",
                     backend: str = "auto") -> "SparseFFN":
-        """Wrap the two ``nn.Linear`` of an FFN (``up: d_model→d_ff``, ``down: d_ff→d_model``)."""
+        """Wrap the two ``nn.Linear`` of an FFN (``up: d_model→d_ff``, ``down: d_ff→d_out``)."""
         zeros = lambda n, ref: torch.zeros(n, dtype=ref.dtype)  # noqa: E731
         b1 = up.bias if up.bias is not None else zeros(up.out_features, up.weight)
         b2 = down.bias if down.bias is not None else zeros(down.out_features, down.weight)

@@ -165,6 +165,8 @@ def test_sparse_ffn_rejects_bad_configuration():
         layer(torch.randn(3), "exact")
     with pytest.raises(ValueError, match="W1 \\(d_ff, d_model\\)"):
         ffn.SparseFFN(up.weight, up.bias, up.weight, down.bias)
+    with pytest.raises(ValueError, match="b2"):
+        ffn.SparseFFN(up.weight, up.bias, down.weight, up.bias)
     with pytest.raises(ValueError, match="activation"):
         ffn.SparseFFN.from_linear(up, down, "tanh")
 
