@@ -184,10 +184,10 @@ def _cpu_arrays(name, W, v, idx):
     if W.dtype not in _CPU_DTYPES:
         raise TypeError(f"{name}: the CPU kernel supports float32/float64/bfloat16, got {W.dtype}")
     if W.dtype == torch.bfloat16:  # numba has no bf16: pass the bits, accumulate in float32
-        bits = lambda t: t.contiguous().view(torch.int16).numpy().view(np.uint16)  # noqa: E731
+        bits = lambda t: t.detach().contiguous().view(torch.int16).numpy().view(np.uint16)  # noqa: E731
         return bits(W), bits(v), idx.contiguous().numpy(), np.float32
-    Wn = W.contiguous().numpy()
-    return Wn, v.contiguous().numpy(), idx.contiguous().numpy(), Wn.dtype
+    Wn = W.detach().contiguous().numpy()
+    return Wn, v.detach().contiguous().numpy(), idx.contiguous().numpy(), Wn.dtype
 
 
 # --------------------------------------------------------------------------- Triton tier

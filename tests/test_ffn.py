@@ -39,6 +39,12 @@ def test_unsorted_and_repeated_indices_follow_the_sum_definition():
     torch.testing.assert_close(ffn.gather_gemv(W, v, idx), expected)
 
 
+def test_inputs_that_require_grad_are_read_not_differentiated():
+    W, v, x, idx = _problem(8, 5, 3)
+    got = ffn.gather_gemv(W.requires_grad_(), v, idx, backend="cpu")
+    torch.testing.assert_close(got, ffn.gather_gemv_ref(W.detach(), v, idx))
+
+
 def test_empty_active_set_gives_zero():
     W, v, x, _ = _problem(8, 5, 0)
     idx = torch.empty(0, dtype=torch.int64)
