@@ -28,11 +28,12 @@ from types import SimpleNamespace
 # Idle OpenMP threads (torch/MKL and numba's workers) sleep instead of spinning. On a machine
 # shared with other jobs, spinning threads steal the cores the working threads need and a
 # parallel loop then waits a scheduler time slice for its last thread: measured here, 4–8× slower
-# multi-threaded sparse kernels at load average 8. Takes effect only if the OpenMP runtimes
-# are loaded after this line (the CLI path); the value in effect is recorded in the CSV.
-OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY") or (
-    "default (OpenMP loaded before course_lib.bench_spmm)" if "torch" in sys.modules else "PASSIVE")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# multi-threaded sparse kernels at load average 8. Set only when the OpenMP runtimes load after
+# this line (the CLI path), so importing this module later changes nothing; the value in effect
+# is recorded in the CSV.
+if "torch" not in sys.modules:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY", "default (OpenMP loaded before this module)")
 
 import numba  # noqa: E402
 import torch  # noqa: E402
