@@ -26,9 +26,6 @@ Deja Vu-style predictor of the active set).
 
 from __future__ import annotations
 
-import os
-
-import numba
 import numpy as np
 import torch
 from llvmlite import ir
@@ -36,16 +33,12 @@ from numba.core import types
 from numba.extending import intrinsic, overload
 from torch import nn
 
+from ._numba import numba
+
 __all__ = [
     "gather_gemv", "gather_gemv_ref", "row_gemv", "row_gemv_ref", "calibrate_threshold",
     "LowRankPredictor", "SparseFFN", "gemv_bytes",
 ]
-
-# numba's "omp" layer shares the name libgomp.so.1 with torch's bundled OpenMP runtime; measured
-# here, a 13 MB gather took 12 ms under "omp" and 0.8 ms under "workqueue". Pick workqueue unless
-# the user chose a layer (the choice is process-wide and fixed at the first parallel launch).
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
 
 _ACTIVATIONS = {"relu": torch.relu, "gelu": nn.functional.gelu}
 

@@ -30,7 +30,7 @@ import torch
 if not torch.cuda.is_available():  # must precede every @triton.jit below (read at decoration time)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import numba  # noqa: E402
+from ._numba import numba  # noqa: E402  (one threading layer for all CPU kernels)
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
