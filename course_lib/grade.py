@@ -96,7 +96,9 @@ class _Collector:
             if ename == "KeyboardInterrupt":
                 report.course_error = "Timeout: the cell ran longer than the per-cell limit"
             else:
-                report.course_error = f"{ename}: {_first_line(evalue)}" if evalue else ename
+                # graded checks raise AssertionError("[id] why"): the message is the feedback
+                prefix = "" if ename == "AssertionError" and evalue else f"{ename}: "
+                report.course_error = f"{prefix}{_first_line(evalue)}" if evalue else ename
         elif call.excinfo is not None:
             report.course_error = _first_line(str(call.excinfo.value)) or call.excinfo.typename
 
@@ -136,18 +138,22 @@ def score(notebooks: list[Path], cells: list[dict]) -> list[Result]:
         if checks and not failed:
             r.status, r.earned, r.feedback = "pass", r.points, "all checks passed"
             continue
-        r.feedback = (failed[0]["error"] or "the check cell failed") if failed else "check not run"
-        first_failure = next((c for c in cells_here if not c["passed"]), None)
-        if first_failure is not None and "points" not in first_failure["meta"] \
-                and first_failure["meta"].get("exercise") != ex_id:
-            r.feedback += f" (an earlier cell failed first: {first_failure['error']})"
+        own = next((c for c in cells_here if c["meta"].get("exercise") == ex_id
+                    and "points" not in c["meta"] and not c["passed"]), None)
+        first = next((c for c in cells_here if not c["passed"]), None)
+        if own is not None:  # the learner's own cell failed: that is the news, not the check
+            r.feedback = f"your solution cell failed: {own['error']}"
+        else:
+            r.feedback = (failed[0]["error"] or "the check cell failed") if failed else "check not run"
+            if first is not None and "points" not in first["meta"]:
+                r.feedback += f" (an earlier cell failed first: {first['error']})"
     return list(results.values())
 
 
 def format_table(results: list[Result]) -> str:
     rows = [("notebook", "exercise", "points", "status", "feedback")]
     rows += [(r.notebook, r.exercise, f"{r.earned:g}/{r.points:g}", r.status.upper(),
-              r.feedback[:90]) for r in results]
+              r.feedback[:110]) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4]
              for row in rows]

@@ -64,3 +64,13 @@ def test_infinite_loop_fails_that_exercise_only(tmp_path):
     code, data, _ = grade(path, timeout=3)
     assert code == 1
     assert "Timeout" in data["results"][0]["feedback"]
+
+
+def test_failing_solution_cell_is_reported_before_the_check(tmp_path):
+    path = _learner_notebook(tmp_path, "answer_value = 1 / 0")
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[1].metadata["course"] = {"exercise": "x.1"}
+    nbformat.write(nb, path)
+    _, data, _ = grade(path)
+    assert data["results"][0]["feedback"] == "your solution cell failed: ZeroDivisionError: division by zero"
