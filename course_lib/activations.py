@@ -14,7 +14,7 @@ import math
 import torch
 
 __all__ = ["relu", "leaky_relu", "elu", "gelu", "threshold_relu", "topk_mask", "topk",
-           "boost_factors", "kwinners", "sparsemax", "SparsemaxFunction"]
+           "boost_factors", "update_duty_cycles", "kwinners", "sparsemax", "SparsemaxFunction"]
 
 
 def _check_input(x, name: str = "x") -> None:
@@ -96,6 +96,26 @@ def boost_factors(duty_cycles: torch.Tensor, k: int, boost_strength: float) -> t
     if boost_strength < 0:
         raise ValueError(f"boost_strength must be >= 0, got {boost_strength}")
     return torch.exp(boost_strength * (k / n - duty_cycles))
+
+
+def update_duty_cycles(duty_cycles: torch.Tensor, active: torch.Tensor, period: int) -> torch.Tensor:
+    """Running average of how often each unit wins, over roughly the last ``period`` samples:
+
+        d ← ((P − B) · d + Σ_batch active) / P,   B = batch size ≤ P = ``period``
+
+    (the update of numenta/nupic.torch's k-winners, which during warm-up passes
+    P = min(period, samples seen so far)).  ``active`` is (B, n), 0/1 or bool.  The
+    boost factors exp(β(k/n − d)) of :func:`boost_factors` then favour rarely used units.
+    """
+    if not isinstance(duty_cycles, torch.Tensor) or not isinstance(active, torch.Tensor):
+        raise TypeError("duty_cycles and active must be torch.Tensors")
+    if active.dim() != 2 or duty_cycles.shape != active.shape[1:]:
+        raise ValueError(f"active must be (batch, n) and duty_cycles (n,), got "
+                         f"{tuple(active.shape)} and {tuple(duty_cycles.shape)}")
+    if not isinstance(period, int) or period < active.shape[0]:
+        raise ValueError(f"period must be an int >= batch size {active.shape[0]}, got {period!r}")
+    B = active.shape[0]
+    return ((period - B) * duty_cycles + active.to(duty_cycles.dtype).sum(dim=0)) / period
 
 
 def kwinners(x: torch.Tensor, k: int, duty_cycles: torch.Tensor | None = None,

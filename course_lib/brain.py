@@ -11,6 +11,10 @@ from math import comb, isfinite
 import numpy as np
 import torch
 
+# homeostasis: the duty-cycle update lives with the k-WTA mechanism it serves (used by
+# ``layers.KWinners``); the brain chapter and its exercise use it under this name
+from .activations import update_duty_cycles
+
 __all__ = [
     "AVOGADRO", "joules_per_atp", "spiking_power", "affordable_mean_rate", "active_fraction_bound",
     "match_probability", "simulate_match_probability", "update_duty_cycles",
@@ -102,25 +106,3 @@ def simulate_match_probability(n: int, a: int, theta: int, n_trials: int = 100_0
         subset = rng.random((m, n)).argpartition(a - 1, axis=1)[:, :a] if a else np.zeros((m, 0), int)
         hits += int(((subset < a_x).sum(axis=1) >= theta).sum())
     return hits / n_trials
-
-
-# ---------------------------------------------------------------- homeostasis: duty cycles
-
-def update_duty_cycles(duty_cycles: torch.Tensor, active: torch.Tensor, period: int) -> torch.Tensor:
-    """Running average of how often each unit wins, over roughly the last ``period`` samples:
-
-        d ← ((P − B) · d + Σ_batch active) / P,   B = batch size ≤ P = ``period``
-
-    (the update of numenta/nupic.torch's k-winners, which during warm-up passes
-    P = min(period, samples seen so far)).  ``active`` is (B, n), 0/1 or bool.  The
-    boost factors exp(β(k/n − d)) of ``activations.boost_factors`` then favour rarely used units.
-    """
-    if not isinstance(duty_cycles, torch.Tensor) or not isinstance(active, torch.Tensor):
-        raise TypeError("duty_cycles and active must be torch.Tensors")
-    if active.dim() != 2 or duty_cycles.shape != active.shape[1:]:
-        raise ValueError(f"active must be (batch, n) and duty_cycles (n,), got "
-                         f"{tuple(active.shape)} and {tuple(duty_cycles.shape)}")
-    if not isinstance(period, int) or period < active.shape[0]:
-        raise ValueError(f"period must be an int >= batch size {active.shape[0]}, got {period!r}")
-    B = active.shape[0]
-    return ((period - B) * duty_cycles + active.to(duty_cycles.dtype).sum(dim=0)) / period

@@ -73,7 +73,7 @@ class KWinners(nn.Module):
         batch = y.shape[0]
         self.samples_seen += batch
         period = min(self.duty_cycle_period, int(self.samples_seen))
-        self.duty_cycles.mul_(period - batch).add_((y > 0).sum(0).to(self.duty_cycles)).div_(period)
+        self.duty_cycles.copy_(A.update_duty_cycles(self.duty_cycles, y > 0, period))
 
     def update_boost_strength(self):
         """β ← β · boost_strength_factor (typically once per epoch)."""
