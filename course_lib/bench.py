@@ -39,6 +39,11 @@ class Timing:
     q3: float
     repeats: int
 
+    @classmethod
+    def of(cls, times: Sequence[float]) -> "Timing":
+        q1, med, q3 = np.percentile(times, [25, 50, 75])
+        return cls(float(med), float(q1), float(q3), len(times))
+
     def __str__(self) -> str:
         return f"{self.median * 1e3:.3f} ms (IQR {self.q1 * 1e3:.3f}–{self.q3 * 1e3:.3f}, n={self.repeats})"
 
@@ -47,6 +52,15 @@ def _synchronize(device: str) -> None:
     if device.startswith("cuda"):
         import torch
         torch.cuda.synchronize()
+
+
+def _timed(fn: Callable, args: Sequence, device: str) -> float:
+    """Seconds of one call ``fn(*args)`` (CUDA work synchronized inside the timing)."""
+    _synchronize(device)
+    t0 = time.perf_counter()
+    fn(*args)
+    _synchronize(device)
+    return time.perf_counter() - t0
 
 
 def measure(fn: Callable, make_inputs: Callable[[], Sequence] | None = None, repeats: int = 20,
@@ -58,15 +72,19 @@ def measure(fn: Callable, make_inputs: Callable[[], Sequence] | None = None, rep
     make_inputs = make_inputs or (lambda: ())
     times = []
     for i in range(warmup + repeats):
-        args = make_inputs()
-        _synchronize(device)
-        t0 = time.perf_counter()
-        fn(*args)
-        _synchronize(device)
+        t = _timed(fn, make_inputs(), device)
         if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    q1, med, q3 = np.percentile(times, [25, 50, 75])
-    return Timing(float(med), float(q1), float(q3), repeats)
+            times.append(t)
+    return Timing.of(times)
+
+
+def _bandwidth_probes(nbytes: int, device: str) -> list[Callable]:
+    """Two streaming reads of ``nbytes`` on all of torch's threads: ``x.sum()`` and ``M @ v``."""
+    import torch
+    x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    M = x[: x.numel() // 4096 * 4096].view(4096, -1)
+    v = torch.ones(M.shape[1], dtype=torch.float32, device=device)
+    return [lambda: x.sum(), lambda: torch.mv(M, v)]
 
 
 def memory_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 10, device: str = "cpu") -> float:
@@ -77,13 +95,36 @@ def memory_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 10, device: str =
     batch-1 decode layer does). A single probe can under-read (a reduction may be limited by
     its own arithmetic), and a bound must not be lower than what a real kernel achieves.
     """
-    import torch
-    x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
-    M = x[: x.numel() // 4096 * 4096].view(4096, -1)
-    v = torch.ones(M.shape[1], dtype=torch.float32, device=device)
     best = min(measure(probe, repeats=repeats, warmup=2, device=device).median
-               for probe in (lambda: x.sum(), lambda: torch.mv(M, v)))
+               for probe in _bandwidth_probes(nbytes, device))
     return nbytes / best / 1e9
+
+
+def measure_with_bandwidth(fn: Callable, make_inputs: Callable[[], Sequence] | None = None,
+                           repeats: int = 20, warmup: int = 3, device: str = "cpu",
+                           nbytes: int = 512 * 2**20) -> tuple[Timing, float]:
+    """:func:`measure` ``fn``, with the bandwidth probes of :func:`memory_bandwidth` timed between
+    its runs; returns the timing and the bandwidth (GB/s) of those same minutes.
+
+    On a shared host the bandwidth a VM gets drifts (measured here: 26 to 52 GB/s on different
+    minutes of one day), so a kernel's share of the bound is only meaningful against a bound
+    measured interleaved with it.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    probes = _bandwidth_probes(nbytes, device)
+    probe_times: list[list[float]] = [[] for _ in probes]
+
+    times = []
+    make_inputs = make_inputs or (lambda: ())
+    for i in range(warmup + repeats):
+        t = _timed(fn, make_inputs(), device)  # fresh inputs, made outside the timing
+        for probe, probe_t in zip(probes, probe_times):
+            probe_t.append(_timed(probe, (), device))
+        if i >= warmup:
+            times.append(t)
+    best = min(float(np.median(t[warmup:])) for t in probe_times)
+    return Timing.of(times), nbytes / best / 1e9
 
 
 def machine_info(device: str = "cpu") -> dict:
@@ -149,7 +190,7 @@ def main(argv=None) -> int:
     return suite.main(argv[1:]) or 0
 
 
-__all__ = ["Timing", "measure", "memory_bandwidth", "machine_info", "write_csv", "read_csv"]
+__all__ = ["Timing", "measure", "measure_with_bandwidth", "memory_bandwidth", "machine_info", "write_csv", "read_csv"]
 
 if __name__ == "__main__":
     sys.exit(main())

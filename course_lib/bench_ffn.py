@@ -9,8 +9,9 @@ densities 100 (the sparse kernel's own dense rate)/50/25/10/5 %, each call on a 
 * ``up``:   ``h[S] = W1[S] · x`` with ``ffn.row_gemv`` (predicted rows); baseline ``torch.mv(W1, x)``.
 
 Per row: dense, sparse and naive (``index_select``, copies the rows) medians, the speed-up, its
-bound ``1/density``, the sparse kernel's achieved GB/s and its share of the measured read bandwidth
-(``bench.memory_bandwidth``). The share of the bandwidth bound is ``bound_time / sparse_time``.
+bound ``1/density``, the sparse kernel's achieved GB/s and its share of the read bandwidth measured
+interleaved with it (``bench.measure_with_bandwidth``: this host's bandwidth drifts from minute to
+minute). The share of the bandwidth bound is ``bound_time / sparse_time``.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from . import bench, ffn
 
 #: 1.0 runs the sparse kernel on every row: its own dense rate, the reference for the others
 DENSITIES = (1.0, 0.5, 0.25, 0.1, 0.05)
-FULL = dict(d_model=4096, d_ff=16384, repeats=20)
-QUICK = dict(d_model=512, d_ff=2048, repeats=5)
+FULL = dict(d_model=4096, d_ff=16384, repeats=20, probe_bytes=512 * 2**20)
+QUICK = dict(d_model=512, d_ff=2048, repeats=5, probe_bytes=64 * 2**20)
 
 
 def _dtypes(device: str) -> list[torch.dtype]:
@@ -37,10 +38,10 @@ def _dtypes(device: str) -> list[torch.dtype]:
 
 
 def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
-        densities=DENSITIES, seed: int = 0) -> tuple[list[dict], float]:
+        densities=DENSITIES, seed: int = 0, probe_bytes: int = 512 * 2**20) -> tuple[list[dict], float]:
     """Measure every (op, dtype, density); returns the rows and the measured bandwidth (GB/s)."""
     gen = torch.Generator().manual_seed(seed)
-    bandwidth = bench.memory_bandwidth(device=device)
+    bandwidth = bench.memory_bandwidth(nbytes=probe_bytes, device=device)
     rows = []
     for dtype in _dtypes(device):
         W1 = torch.randn(d_ff, d_model, generator=gen).to(dtype=dtype, device=device)  # = W2ᵀ too
@@ -64,7 +65,8 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
                     idx = torch.randperm(d_ff, generator=gen)[:k].sort().values.to(device)
                     return vec(n)()[0], idx
 
-                sparse = bench.measure(sparse_fn, sparse_inputs, repeats=repeats, device=device)
+                sparse, bw_now = bench.measure_with_bandwidth(
+                    sparse_fn, sparse_inputs, repeats=repeats, device=device, nbytes=probe_bytes)
                 naive = bench.measure(naive_fn, sparse_inputs, repeats=max(3, repeats // 4),
                                       device=device)
                 nbytes = ffn.gemv_bytes(k, d_model, itemsize, index_itemsize=8)
@@ -78,8 +80,8 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
                     "speedup": dense.median / sparse.median, "bound": 1.0 / density,
                     "naive_speedup": dense.median / naive.median,
                     "dense_GBs": d_ff * d_model * itemsize / dense.median / 1e9,
-                    "sparse_GBs": gbs, "bandwidth_GBs": bandwidth,
-                    "share_of_bound": gbs / bandwidth,
+                    "sparse_GBs": gbs, "bandwidth_GBs": bw_now,
+                    "share_of_bound": gbs / bw_now,
                 })
     return rows, bandwidth
 
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
         return 2
     sizes = QUICK if args.quick else FULL
     load_at_start = os.getloadavg()[0]  # other jobs sharing the cores, recorded with the results
-    rows, bandwidth = run(sizes["d_model"], sizes["d_ff"], sizes["repeats"], args.device)
+    rows, bandwidth = run(**sizes, device=args.device)
     print(f"measured read bandwidth: {bandwidth:.1f} GB/s")
     _print_table(rows)
     if args.out is not None:

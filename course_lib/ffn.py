@@ -15,7 +15,8 @@ Kernels (torch tensors in, torch tensor out):
 * :func:`row_gemv` ``h[p] = W[idx[p]] · x`` (up-projection of predicted-active neurons only).
 
 Tiers: ``*_ref`` index with ``torch.index_select`` (readable, but copies the gathered rows);
-the CPU tier is a numba kernel that reads the active rows in place, split over threads
+the CPU tier is a numba kernel that reads the active rows in place, split over a thread team
+(``course_lib._numba.Team``: the caller starts at once, helpers join when awake)
 (fp32/fp64, and bf16 read as its 16 bits and widened to fp32 in registers); the
 Triton tier runs on CUDA tensors (and under ``TRITON_INTERPRET=1`` on CPU, for tests).
 
@@ -33,7 +34,7 @@ from numba.core import types
 from numba.extending import intrinsic, overload
 from torch import nn
 
-from ._numba import numba
+from ._numba import TEAM, chunk_done, claim, numba, prefetch, wait_done
 
 __all__ = [
     "gather_gemv", "gather_gemv_ref", "row_gemv", "row_gemv_ref", "calibrate_threshold",
@@ -111,62 +112,88 @@ def _value_overload(x):
     return None
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _gather_gemv_cpu(Wt, v, idx, out, nt):  # pragma: no cover - compiled
-    # Split-K: thread t owns a contiguous slice of the active list and streams whole rows of Wt
-    # (d_model contiguous values each) into a private accumulator, four rows at a time (four
-    # concurrent memory streams, one accumulator update per four rows); then partials are summed.
-    n = Wt.shape[1]
-    k = idx.shape[0]
-    partial = np.zeros((nt, n), dtype=out.dtype)
-    chunk = (k + nt - 1) // nt
-    for t in numba.prange(nt):
-        acc = partial[t]
-        p, hi = t * chunk, min(k, (t + 1) * chunk)
+_ROWS_PER_CHUNK = 32  # active rows a team thread claims at once (a multiple of 4)
+
+
+@numba.njit(inline="always")
+def _prefetch_rows(W, idx, lo, hi):  # pragma: no cover - compiled
+    # The hardware prefetcher stops at 4 KiB page boundaries, and the active rows are scattered:
+    # ask for the first line of every page of the rows idx[lo:hi] before they are needed.
+    step = 4096 // W.itemsize
+    for q in range(lo, min(hi, idx.shape[0])):
+        row = W[idx[q]]
+        for e in range(0, row.shape[0], step):
+            prefetch(row, e)
+
+
+@numba.njit(fastmath=True, nogil=True, cache=True)
+def _gather_gemv_cpu(Wt, v, idx, partial, out, tid, state):  # pragma: no cover - compiled
+    # Split-K: team threads claim chunks of the active list (course_lib._numba) and stream whole
+    # rows of Wt (d_model contiguous values) into their own accumulator partial[tid], four rows at
+    # a time (four memory streams, one accumulator update per four rows) while the next four rows
+    # are prefetched. The caller (tid 0) then sums the partials.
+    n, k = Wt.shape[1], idx.shape[0]
+    acc = partial[tid]
+    nchunks = (k + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK
+    c = claim(state, nchunks)
+    while c >= 0:
+        p, hi = c * _ROWS_PER_CHUNK, min(k, (c + 1) * _ROWS_PER_CHUNK)
         while p + 4 <= hi:
+            _prefetch_rows(Wt, idx, p + 4, p + 8)
             r0, r1, r2, r3 = Wt[idx[p]], Wt[idx[p + 1]], Wt[idx[p + 2]], Wt[idx[p + 3]]
             s0, s1 = _value(v[idx[p]]), _value(v[idx[p + 1]])
             s2, s3 = _value(v[idx[p + 2]]), _value(v[idx[p + 3]])
-            for c in range(n):
-                acc[c] += (s0 * _value(r0[c]) + s1 * _value(r1[c])
-                           + s2 * _value(r2[c]) + s3 * _value(r3[c]))
+            for j in range(n):
+                acc[j] += (s0 * _value(r0[j]) + s1 * _value(r1[j])
+                           + s2 * _value(r2[j]) + s3 * _value(r3[j]))
             p += 4
         for q in range(p, hi):
             r0, s0 = Wt[idx[q]], _value(v[idx[q]])
-            for c in range(n):
-                acc[c] += s0 * _value(r0[c])
-    for c in range(n):
-        total = partial[0, c]
-        for t in range(1, nt):
-            total += partial[t, c]
-        out[c] = total
+            for j in range(n):
+                acc[j] += s0 * _value(r0[j])
+        chunk_done(state)
+        c = claim(state, nchunks)
+    if tid == 0:
+        wait_done(state, nchunks)
+        for j in range(n):
+            total = partial[0, j]
+            for t in range(1, partial.shape[0]):
+                total += partial[t, j]
+            out[j] = total
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _row_gemv_cpu(W, x, idx, out):  # pragma: no cover - compiled
-    # Four active rows per iteration: four concurrent row streams share each load of x, with
-    # accumulators in the values' dtype (_value(x[0]) * 0) so the reduction vectorizes at full width.
-    n = W.shape[1]
-    k = idx.shape[0]
-    for b in numba.prange((k + 3) // 4):
-        p = 4 * b
-        if p + 4 <= k:
+@numba.njit(fastmath=True, nogil=True, cache=True)
+def _row_gemv_cpu(W, x, idx, out, tid, state):  # pragma: no cover - compiled
+    # Team threads claim chunks of the active list; four rows at a time share each load of x
+    # (four concurrent row streams, the next four prefetched), with accumulators in the values'
+    # dtype (_value(x[0]) * 0) so the reduction vectorizes at full width.
+    n, k = W.shape[1], idx.shape[0]
+    nchunks = (k + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK
+    c = claim(state, nchunks)
+    while c >= 0:
+        p, hi = c * _ROWS_PER_CHUNK, min(k, (c + 1) * _ROWS_PER_CHUNK)
+        while p + 4 <= hi:
+            _prefetch_rows(W, idx, p + 4, p + 8)
             r0, r1, r2, r3 = W[idx[p]], W[idx[p + 1]], W[idx[p + 2]], W[idx[p + 3]]
             s0 = s1 = s2 = s3 = _value(x[0]) * 0
-            for c in range(n):
-                xc = _value(x[c])
-                s0 += _value(r0[c]) * xc
-                s1 += _value(r1[c]) * xc
-                s2 += _value(r2[c]) * xc
-                s3 += _value(r3[c]) * xc
+            for j in range(n):
+                xj = _value(x[j])
+                s0 += _value(r0[j]) * xj
+                s1 += _value(r1[j]) * xj
+                s2 += _value(r2[j]) * xj
+                s3 += _value(r3[j]) * xj
             out[p], out[p + 1], out[p + 2], out[p + 3] = s0, s1, s2, s3
-        else:
-            for q in range(p, k):
-                row = W[idx[q]]
-                s = _value(x[0]) * 0
-                for c in range(n):
-                    s += _value(row[c]) * _value(x[c])
-                out[q] = s
+            p += 4
+        for q in range(p, hi):
+            row = W[idx[q]]
+            s = _value(x[0]) * 0
+            for j in range(n):
+                s += _value(row[j]) * _value(x[j])
+            out[q] = s
+        chunk_done(state)
+        c = claim(state, nchunks)
+    if tid == 0:
+        wait_done(state, nchunks)
 
 
 _CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
@@ -256,7 +283,9 @@ def gather_gemv(Wt: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *,
     if backend == "cpu":
         W, vv, ii, acc_dtype = _cpu_arrays("gather_gemv", Wt, v, idx)
         out = np.empty(W.shape[1], dtype=acc_dtype)
-        _gather_gemv_cpu(W, vv, ii, out, numba.get_num_threads())
+        size = TEAM.size()
+        partial = np.zeros((size, W.shape[1]), dtype=acc_dtype)
+        TEAM.run(_gather_gemv_cpu, W, vv, ii, partial, out, size=size)
         return torch.from_numpy(out).to(Wt.dtype)
     kern = _triton_kernels()
     Wt, v, idx = Wt.contiguous(), v.contiguous(), idx.contiguous()
@@ -280,7 +309,7 @@ def row_gemv(W: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, *,
         WW, xx, ii, acc_dtype = _cpu_arrays("row_gemv", W, x, idx)
         out = np.zeros(ii.shape[0], dtype=acc_dtype)
         if WW.shape[1]:  # the kernel reads x[0] for its zero
-            _row_gemv_cpu(WW, xx, ii, out)
+            TEAM.run(_row_gemv_cpu, WW, xx, ii, out)
         return torch.from_numpy(out).to(W.dtype)
     kern = _triton_kernels()
     W, x, idx = W.contiguous(), x.contiguous(), idx.contiguous()

@@ -12,7 +12,7 @@ Tiers (``IMPLEMENTATIONS``):
 - ``python``   row loop, the reference; reads like the formula.
 - ``numpy``    vectorized: gather rows of B, scale, segment-sum by row (no loop over nonzeros).
 - ``torch``    the same gather / scale / ``index_add_`` in torch; CPU and CUDA tensors.
-- ``cpu_fast`` our multi-core CPU kernel (numba ``prange`` over rows), CSR only.
+- ``cpu_fast`` our multi-core CPU kernel (numba, rows split over a thread team), CSR only.
 - ``triton``   a CSR row-split kernel and a BSR block kernel; native on CUDA, and on CPU through
                the Triton interpreter (``TRITON_INTERPRET=1``, set here when no CUDA device exists).
 
@@ -30,7 +30,7 @@ import torch
 if not torch.cuda.is_available():  # must precede every @triton.jit below (read at decoration time)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from ._numba import numba  # noqa: E402  (one threading layer for all CPU kernels)
+from ._numba import TEAM, chunk_done, claim, numba, wait_done  # noqa: E402  (shared CPU threading)
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
@@ -207,37 +207,60 @@ def spmm_torch(A, B: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# tier "cpu_fast": numba, parallel over rows
+# tier "cpu_fast": numba, rows split over a thread team
 # --------------------------------------------------------------------------------------------
 
-@numba.njit(parallel=True, cache=True)
-def _csr_spmm_rows(indptr, indices, data, B, C):  # pragma: no cover  (compiled)
-    """C[i, :] += data[p] · B[indices[p], :] for p in row i; rows split across threads."""
-    n = B.shape[1]
-    for i in numba.prange(indptr.shape[0] - 1):
-        for p in range(indptr[i], indptr[i + 1]):
-            v = data[p]
-            k = indices[p]
-            for j in range(n):
-                C[i, j] += v * B[k, j]
+#: output rows a team thread claims at once: 64 chunks for a 4096-row A, enough to balance
+_ROWS_PER_CHUNK = 64
+
+
+@numba.njit(nogil=True, cache=True)
+def _csr_spmm_rows(indptr, indices, data, B, C, tid, state):  # pragma: no cover  (compiled)
+    """C[i, :] += data[p] · B[indices[p], :] for p in row i; chunks of rows claimed by the team."""
+    m = C.shape[0]
+    nchunks = (m + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK
+    c = claim(state, nchunks)
+    while c >= 0:
+        for i in range(c * _ROWS_PER_CHUNK, min(m, (c + 1) * _ROWS_PER_CHUNK)):
+            Ci = C[i]
+            p, end = indptr[i], indptr[i + 1]
+            while p + 8 <= end:  # eight nonzeros per pass over the C row
+                b0, b1, b2, b3 = B[indices[p]], B[indices[p + 1]], B[indices[p + 2]], B[indices[p + 3]]
+                b4, b5, b6, b7 = B[indices[p + 4]], B[indices[p + 5]], B[indices[p + 6]], B[indices[p + 7]]
+                a0, a1, a2, a3 = data[p], data[p + 1], data[p + 2], data[p + 3]
+                a4, a5, a6, a7 = data[p + 4], data[p + 5], data[p + 6], data[p + 7]
+                for j in range(Ci.shape[0]):
+                    Ci[j] += ((a0 * b0[j] + a1 * b1[j]) + (a2 * b2[j] + a3 * b3[j])
+                              + (a4 * b4[j] + a5 * b5[j]) + (a6 * b6[j] + a7 * b7[j]))
+                p += 8
+            for q in range(p, end):
+                a, b = data[q], B[indices[q]]
+                for j in range(Ci.shape[0]):
+                    Ci[j] += a * b[j]
+        chunk_done(state)
+        c = claim(state, nchunks)
+    if tid == 0:
+        wait_done(state, nchunks)
 
 
 def spmm_cpu_fast(A, B: np.ndarray) -> np.ndarray:
-    """Multi-core CSR SpMM compiled by numba: ``prange`` over output rows.
+    """Multi-core CSR SpMM compiled by numba: output rows split over a thread team.
 
     What it optimizes, and why it is correct without locks:
-    - threads own disjoint output rows, so there are no write conflicts and no atomics;
-    - the innermost loop runs over the n contiguous columns of one B row and one C row, which
-      LLVM turns into SIMD fused multiply-adds; the C row (n·4 bytes) stays in L1 while the
-      row's nonzeros stream B rows through it, so C is written once per row;
-    - no temporaries: memory traffic is the CSR arrays, the gathered B rows and C, once each.
-    The loop nest is scipy's ``csr_matvecs`` (single-threaded) run on all cores.
+    - threads claim disjoint chunks of output rows (``course_lib._numba.Team``: the caller starts
+      at once and helpers join when they wake, instead of paying a thread-pool wake-up of
+      ≈ 0.08 ms per call), so there are no write conflicts and no atomics on C;
+    - eight nonzeros per pass: eight B rows are loaded at once (eight independent memory
+      streams) and the C row is read and written once per eight nonzeros instead of once per
+      nonzero — measured 2× faster than one nonzero per pass at 1 % density;
+    - the innermost loop runs over the n contiguous columns, which LLVM turns into SIMD
+      fused multiply-adds; no temporaries: the CSR arrays, the gathered B rows and C move once.
+    The loop nest is scipy's ``csr_matvecs`` (single-threaded), unrolled and run on all cores.
     """
     if isinstance(A, BSR):
         raise TypeError("the cpu_fast tier supports CSR only; use impl='numpy' or 'torch' for BSR")
-    indptr, indices, data = A.indptr, A.indices, A.data
     C = np.zeros((A.shape[0], B.shape[1]), dtype=B.dtype)
-    _csr_spmm_rows(indptr, indices, data, np.ascontiguousarray(B), C)
+    TEAM.run(_csr_spmm_rows, A.indptr, A.indices, A.data, np.ascontiguousarray(B), C)
     return C
 
 

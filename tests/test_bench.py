@@ -19,6 +19,23 @@ def test_measure_makes_fresh_inputs_and_skips_warmup():
         bench.measure(lambda: None, repeats=0)
 
 
+def test_measure_with_bandwidth_times_only_the_kernel_on_fresh_inputs():
+    made, called = [], []
+
+    def make():
+        made.append(len(made))
+        return (made[-1],)
+
+    t, gbs = bench.measure_with_bandwidth(lambda i: called.append(i), make, repeats=4, warmup=1,
+                                          nbytes=16 * 2**20)
+    assert made == called == list(range(5))
+    assert t.repeats == 4 and 0 <= t.q1 <= t.median <= t.q3
+    assert t.median < 1e-3  # a list append; the probes between runs are not in the timing
+    assert 0.1 < gbs < 10_000
+    with pytest.raises(ValueError, match="repeats"):
+        bench.measure_with_bandwidth(lambda: None, repeats=0)
+
+
 def test_bandwidth_and_machine_info():
     gbs = bench.memory_bandwidth(nbytes=64 * 2**20, repeats=3)
     assert 0.1 < gbs < 10_000

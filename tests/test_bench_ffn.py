@@ -6,7 +6,8 @@ from course_lib import bench, bench_ffn
 
 
 def test_run_reports_every_density_and_consistent_ratios():
-    rows, bandwidth = bench_ffn.run(d_model=64, d_ff=256, repeats=2, densities=(0.5, 0.1))
+    rows, bandwidth = bench_ffn.run(d_model=64, d_ff=256, repeats=2, densities=(0.5, 0.1),
+                                     probe_bytes=16 * 2**20)
     assert bandwidth > 0
     expected = [(dt, op, d) for dt in ("float32", "bfloat16") for op in ("down", "up") for d in (0.5, 0.1)]
     assert [(r["dtype"], r["op"], r["density"]) for r in rows] == expected
