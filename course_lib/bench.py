@@ -100,31 +100,54 @@ def memory_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 10, device: str =
     return nbytes / best / 1e9
 
 
+@dataclass(frozen=True)
+class BandwidthRun:
+    """A kernel's runs, each followed by the bandwidth probes: the kernel's share of the bound."""
+
+    timing: Timing
+    times: tuple[float, ...]         # seconds of each timed kernel run
+    bandwidths: tuple[float, ...]    # GB/s probed right after each of them (the faster probe)
+    work_bytes: int                  # bytes one kernel call must read
+
+    @property
+    def bandwidth_GBs(self) -> float:
+        """Median of the probed bandwidths."""
+        return float(np.median(self.bandwidths))
+
+    @property
+    def share(self) -> float:
+        """Median over runs of ``(work_bytes / t_i) / bandwidth_i``: each run against its own probe."""
+        return self.share_beyond(0.0)
+
+    def share_beyond(self, fixed: float) -> float:
+        """:attr:`share` of the time beyond a fixed cost per call of ``fixed`` seconds (measured
+        separately, e.g. a call that reads nothing): how fast the kernel streams once it runs."""
+        return float(np.median([self.work_bytes / max(t - fixed, 1e-12) / 1e9 / bw
+                                for t, bw in zip(self.times, self.bandwidths)]))
+
+
 def measure_with_bandwidth(fn: Callable, make_inputs: Callable[[], Sequence] | None = None,
                            repeats: int = 20, warmup: int = 3, device: str = "cpu",
-                           nbytes: int = 512 * 2**20) -> tuple[Timing, float]:
-    """:func:`measure` ``fn``, with the bandwidth probes of :func:`memory_bandwidth` timed between
-    its runs; returns the timing and the bandwidth (GB/s) of those same minutes.
+                           nbytes: int = 512 * 2**20, work_bytes: int = 0) -> BandwidthRun:
+    """:func:`measure` ``fn``, with the bandwidth probes of :func:`memory_bandwidth` timed right
+    after each of its runs; ``work_bytes`` is what one call of ``fn`` must read.
 
-    On a shared host the bandwidth a VM gets drifts (measured here: 26 to 52 GB/s on different
-    minutes of one day), so a kernel's share of the bound is only meaningful against a bound
-    measured interleaved with it.
+    On a shared host the bandwidth a VM gets drifts (measured here: 26 to 62 GB/s, switching
+    within seconds), so a kernel's share of the bound is only meaningful against a bound measured
+    next to it: :attr:`BandwidthRun.share` pairs every run with the probe that follows it.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
     probes = _bandwidth_probes(nbytes, device)
-    probe_times: list[list[float]] = [[] for _ in probes]
-
-    times = []
     make_inputs = make_inputs or (lambda: ())
+    times, bandwidths = [], []
     for i in range(warmup + repeats):
         t = _timed(fn, make_inputs(), device)  # fresh inputs, made outside the timing
-        for probe, probe_t in zip(probes, probe_times):
-            probe_t.append(_timed(probe, (), device))
+        best = min(_timed(probe, (), device) for probe in probes)
         if i >= warmup:
             times.append(t)
-    best = min(float(np.median(t[warmup:])) for t in probe_times)
-    return Timing.of(times), nbytes / best / 1e9
+            bandwidths.append(nbytes / best / 1e9)
+    return BandwidthRun(Timing.of(times), tuple(times), tuple(bandwidths), work_bytes)
 
 
 def machine_info(device: str = "cpu") -> dict:
@@ -190,7 +213,7 @@ def main(argv=None) -> int:
     return suite.main(argv[1:]) or 0
 
 
-__all__ = ["Timing", "measure", "measure_with_bandwidth", "memory_bandwidth", "machine_info", "write_csv", "read_csv"]
+__all__ = ["Timing", "BandwidthRun", "measure", "measure_with_bandwidth", "memory_bandwidth", "machine_info", "write_csv", "read_csv"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,14 +9,19 @@ densities 100 (the sparse kernel's own dense rate)/50/25/10/5 %, each call on a 
 * ``up``:   ``h[S] = W1[S] · x`` with ``ffn.row_gemv`` (predicted rows); baseline ``torch.mv(W1, x)``.
 
 Per row: dense, sparse and naive (``index_select``, copies the rows) medians, the speed-up, its
-bound ``1/density``, the sparse kernel's achieved GB/s and its share of the read bandwidth measured
-interleaved with it (``bench.measure_with_bandwidth``: this host's bandwidth drifts from minute to
-minute). The share of the bandwidth bound is ``bound_time / sparse_time``.
+bound ``1/density``, the sparse kernel's achieved GB/s, and its share of the bandwidth bound:
+every timed call is followed by the read-bandwidth probes (``bench.measure_with_bandwidth``: this
+host's bandwidth switches between levels within seconds), and the share is the median over calls
+of the call's GB/s over the bandwidth probed right after it. ``call_ms`` is the fixed cost of a
+call that reads no weights, timed the same way (the probes flush the caches, so it includes
+refilling them with Python's and numba's state); ``share_beyond_call`` is the share of the time
+beyond it, i.e. how close the kernel streams to the bound once it runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
 import sys
@@ -58,18 +63,26 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
              lambda x, i: ffn.row_gemv_ref(W1, x, i), d_model),
         ):
             dense = bench.measure(dense_fn, vec(vec_len), repeats=repeats, device=device)
+
+            def sparse_inputs(k, n=vec_len):
+                idx = torch.randperm(d_ff, generator=gen)[:k].sort().values.to(device)
+                return vec(n)()[0], idx
+
+            # the fixed cost of a call: one that reads no weights, timed in the same conditions
+            # (after the probes have flushed the caches), so that it can be told apart
+            call = bench.measure_with_bandwidth(sparse_fn, lambda: sparse_inputs(0),
+                                                repeats=repeats, device=device, nbytes=probe_bytes)
+            call_s = call.timing.median
             for density in densities:
                 k = max(1, round(density * d_ff))
-
-                def sparse_inputs(k=k, n=vec_len):
-                    idx = torch.randperm(d_ff, generator=gen)[:k].sort().values.to(device)
-                    return vec(n)()[0], idx
-
-                sparse, bw_now = bench.measure_with_bandwidth(
-                    sparse_fn, sparse_inputs, repeats=repeats, device=device, nbytes=probe_bytes)
-                naive = bench.measure(naive_fn, sparse_inputs, repeats=max(3, repeats // 4),
-                                      device=device)
+                fresh = functools.partial(sparse_inputs, k)
                 nbytes = ffn.gemv_bytes(k, d_model, itemsize, index_itemsize=8)
+                measured = bench.measure_with_bandwidth(
+                    sparse_fn, fresh, repeats=repeats, device=device, nbytes=probe_bytes,
+                    work_bytes=nbytes)
+                sparse = measured.timing
+                naive = bench.measure(naive_fn, fresh, repeats=max(3, repeats // 4),
+                                      device=device)
                 gbs = nbytes / sparse.median / 1e9
                 rows.append({
                     "op": op, "dtype": str(dtype).removeprefix("torch."), "d_model": d_model,
@@ -80,15 +93,17 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
                     "speedup": dense.median / sparse.median, "bound": 1.0 / density,
                     "naive_speedup": dense.median / naive.median,
                     "dense_GBs": d_ff * d_model * itemsize / dense.median / 1e9,
-                    "sparse_GBs": gbs, "bandwidth_GBs": bw_now,
-                    "share_of_bound": gbs / bw_now,
+                    "sparse_GBs": gbs, "bandwidth_GBs": measured.bandwidth_GBs,
+                    "share_of_bound": measured.share,
+                    "call_ms": call_s * 1e3,
+                    "share_beyond_call": measured.share_beyond(call_s),
                 })
     return rows, bandwidth
 
 
 def _print_table(rows: list[dict]) -> None:
     cols = ("op", "dtype", "density", "dense_ms", "sparse_ms", "naive_ms", "speedup", "bound",
-            "sparse_GBs", "share_of_bound")
+            "sparse_GBs", "share_of_bound", "call_ms", "share_beyond_call")
     print("  ".join(f"{c:>14}" for c in cols))
     for r in rows:
         print("  ".join(f"{r[c]:>14.3f}" if isinstance(r[c], float) else f"{r[c]:>14}" for c in cols))

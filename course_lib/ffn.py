@@ -63,11 +63,14 @@ def _check_gemv_args(name: str, W: torch.Tensor, v: torch.Tensor, idx: torch.Ten
         raise TypeError(f"{name}: W and vector must share a floating dtype, got {W.dtype} and {v.dtype}")
     if not (W.device == v.device == idx.device):
         raise ValueError(f"{name}: W, vector and idx must be on one device")
-    if idx.numel():
+
+
+def _check_range(name: str, idx, rows: int) -> None:
+    """Every index in ``[0, rows)`` (``idx`` a tensor, or on the CPU path its NumPy view: cheaper)."""
+    if idx.shape[0]:
         lo, hi = int(idx.min()), int(idx.max())
-        if lo < 0 or hi >= W.shape[0]:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"{name}: idx value {bad} is out of range [0, {W.shape[0]})")
+        if lo < 0 or hi >= rows:
+            raise ValueError(f"{name}: idx value {lo if lo < 0 else hi} is out of range [0, {rows})")
 
 
 # --------------------------------------------------------------------------- reference tier
@@ -75,12 +78,14 @@ def _check_gemv_args(name: str, W: torch.Tensor, v: torch.Tensor, idx: torch.Ten
 def gather_gemv_ref(Wt: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``y = Σ_p v[idx[p]] · Wt[idx[p]]`` = ``W[:, idx] · v[idx]`` with ``W = Wtᵀ`` (copies rows)."""
     _check_gemv_args("gather_gemv_ref", Wt, v, idx, Wt.shape[0])
+    _check_range("gather_gemv_ref", idx, Wt.shape[0])
     return v[idx] @ Wt.index_select(0, idx)
 
 
 def row_gemv_ref(W: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``h[p] = W[idx[p]] · x``: only the listed rows of ``W · x`` (copies rows)."""
     _check_gemv_args("row_gemv_ref", W, x, idx, W.shape[1])
+    _check_range("row_gemv_ref", idx, W.shape[0])
     return W.index_select(0, idx) @ x
 
 
@@ -112,7 +117,7 @@ def _value_overload(x):
     return None
 
 
-_ROWS_PER_CHUNK = 32  # active rows a team thread claims at once (a multiple of 4)
+_ROWS_PER_CHUNK = 32  # active rows a team thread claims at once (a multiple of 8)
 
 
 @numba.njit(inline="always")
@@ -129,24 +134,29 @@ def _prefetch_rows(W, idx, lo, hi):  # pragma: no cover - compiled
 @numba.njit(fastmath=True, nogil=True, cache=True)
 def _gather_gemv_cpu(Wt, v, idx, partial, out, tid, state):  # pragma: no cover - compiled
     # Split-K: team threads claim chunks of the active list (course_lib._numba) and stream whole
-    # rows of Wt (d_model contiguous values) into their own accumulator partial[tid], four rows at
-    # a time (four memory streams, one accumulator update per four rows) while the next four rows
-    # are prefetched. The caller (tid 0) then sums the partials.
+    # rows of Wt (d_model contiguous values) into their own accumulator partial[tid], eight rows at
+    # a time (eight memory streams in flight, one accumulator update per eight rows) while the next
+    # eight rows are prefetched. The caller (tid 0) then sums the partials.
     n, k = Wt.shape[1], idx.shape[0]
     acc = partial[tid]
     nchunks = (k + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK
     c = claim(state, nchunks)
     while c >= 0:
         p, hi = c * _ROWS_PER_CHUNK, min(k, (c + 1) * _ROWS_PER_CHUNK)
-        while p + 4 <= hi:
-            _prefetch_rows(Wt, idx, p + 4, p + 8)
+        while p + 8 <= hi:
+            _prefetch_rows(Wt, idx, p + 8, p + 16)
             r0, r1, r2, r3 = Wt[idx[p]], Wt[idx[p + 1]], Wt[idx[p + 2]], Wt[idx[p + 3]]
-            s0, s1 = _value(v[idx[p]]), _value(v[idx[p + 1]])
-            s2, s3 = _value(v[idx[p + 2]]), _value(v[idx[p + 3]])
+            r4, r5, r6, r7 = Wt[idx[p + 4]], Wt[idx[p + 5]], Wt[idx[p + 6]], Wt[idx[p + 7]]
+            s0, s1, s2, s3 = (_value(v[idx[p]]), _value(v[idx[p + 1]]),
+                              _value(v[idx[p + 2]]), _value(v[idx[p + 3]]))
+            s4, s5, s6, s7 = (_value(v[idx[p + 4]]), _value(v[idx[p + 5]]),
+                              _value(v[idx[p + 6]]), _value(v[idx[p + 7]]))
             for j in range(n):
-                acc[j] += (s0 * _value(r0[j]) + s1 * _value(r1[j])
-                           + s2 * _value(r2[j]) + s3 * _value(r3[j]))
-            p += 4
+                acc[j] += (((s0 * _value(r0[j]) + s1 * _value(r1[j]))
+                            + (s2 * _value(r2[j]) + s3 * _value(r3[j])))
+                           + ((s4 * _value(r4[j]) + s5 * _value(r5[j]))
+                              + (s6 * _value(r6[j]) + s7 * _value(r7[j]))))
+            p += 8
         for q in range(p, hi):
             r0, s0 = Wt[idx[q]], _value(v[idx[q]])
             for j in range(n):
@@ -164,26 +174,32 @@ def _gather_gemv_cpu(Wt, v, idx, partial, out, tid, state):  # pragma: no cover 
 
 @numba.njit(fastmath=True, nogil=True, cache=True)
 def _row_gemv_cpu(W, x, idx, out, tid, state):  # pragma: no cover - compiled
-    # Team threads claim chunks of the active list; four rows at a time share each load of x
-    # (four concurrent row streams, the next four prefetched), with accumulators in the values'
+    # Team threads claim chunks of the active list; eight rows at a time share each load of x
+    # (eight concurrent row streams, the next eight prefetched), with accumulators in the values'
     # dtype (_value(x[0]) * 0) so the reduction vectorizes at full width.
     n, k = W.shape[1], idx.shape[0]
     nchunks = (k + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK
     c = claim(state, nchunks)
     while c >= 0:
         p, hi = c * _ROWS_PER_CHUNK, min(k, (c + 1) * _ROWS_PER_CHUNK)
-        while p + 4 <= hi:
-            _prefetch_rows(W, idx, p + 4, p + 8)
+        while p + 8 <= hi:
+            _prefetch_rows(W, idx, p + 8, p + 16)
             r0, r1, r2, r3 = W[idx[p]], W[idx[p + 1]], W[idx[p + 2]], W[idx[p + 3]]
-            s0 = s1 = s2 = s3 = _value(x[0]) * 0
+            r4, r5, r6, r7 = W[idx[p + 4]], W[idx[p + 5]], W[idx[p + 6]], W[idx[p + 7]]
+            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = _value(x[0]) * 0
             for j in range(n):
                 xj = _value(x[j])
                 s0 += _value(r0[j]) * xj
                 s1 += _value(r1[j]) * xj
                 s2 += _value(r2[j]) * xj
                 s3 += _value(r3[j]) * xj
+                s4 += _value(r4[j]) * xj
+                s5 += _value(r5[j]) * xj
+                s6 += _value(r6[j]) * xj
+                s7 += _value(r7[j]) * xj
             out[p], out[p + 1], out[p + 2], out[p + 3] = s0, s1, s2, s3
-            p += 4
+            out[p + 4], out[p + 5], out[p + 6], out[p + 7] = s4, s5, s6, s7
+            p += 8
         for q in range(p, hi):
             row = W[idx[q]]
             s = _value(x[0]) * 0
@@ -282,11 +298,13 @@ def gather_gemv(Wt: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *,
         return gather_gemv_ref(Wt, v, idx)
     if backend == "cpu":
         W, vv, ii, acc_dtype = _cpu_arrays("gather_gemv", Wt, v, idx)
+        _check_range("gather_gemv", ii, W.shape[0])
         out = np.empty(W.shape[1], dtype=acc_dtype)
         size = TEAM.size()
         partial = np.zeros((size, W.shape[1]), dtype=acc_dtype)
         TEAM.run(_gather_gemv_cpu, W, vv, ii, partial, out, size=size)
         return torch.from_numpy(out).to(Wt.dtype)
+    _check_range("gather_gemv", idx, Wt.shape[0])
     kern = _triton_kernels()
     Wt, v, idx = Wt.contiguous(), v.contiguous(), idx.contiguous()
     K, N = idx.shape[0], Wt.shape[1]
@@ -307,10 +325,12 @@ def row_gemv(W: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, *,
         return row_gemv_ref(W, x, idx)
     if backend == "cpu":
         WW, xx, ii, acc_dtype = _cpu_arrays("row_gemv", W, x, idx)
+        _check_range("row_gemv", ii, WW.shape[0])
         out = np.zeros(ii.shape[0], dtype=acc_dtype)
         if WW.shape[1]:  # the kernel reads x[0] for its zero
             TEAM.run(_row_gemv_cpu, WW, xx, ii, out)
         return torch.from_numpy(out).to(W.dtype)
+    _check_range("row_gemv", idx, W.shape[0])
     kern = _triton_kernels()
     W, x, idx = W.contiguous(), x.contiguous(), idx.contiguous()
     K, N = idx.shape[0], W.shape[1]

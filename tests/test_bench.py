@@ -1,5 +1,6 @@
 """The benchmark harness: fresh inputs per run, warm-up excluded, medians, CSV round trip."""
 
+import numpy as np
 import pytest
 
 from course_lib import bench
@@ -26,12 +27,20 @@ def test_measure_with_bandwidth_times_only_the_kernel_on_fresh_inputs():
         made.append(len(made))
         return (made[-1],)
 
-    t, gbs = bench.measure_with_bandwidth(lambda i: called.append(i), make, repeats=4, warmup=1,
-                                          nbytes=16 * 2**20)
+    run = bench.measure_with_bandwidth(lambda i: called.append(i), make, repeats=4, warmup=1,
+                                       nbytes=16 * 2**20, work_bytes=1000)
     assert made == called == list(range(5))
-    assert t.repeats == 4 and 0 <= t.q1 <= t.median <= t.q3
+    t = run.timing
+    assert t.repeats == len(run.times) == len(run.bandwidths) == 4 and 0 <= t.q1 <= t.median <= t.q3
     assert t.median < 1e-3  # a list append; the probes between runs are not in the timing
-    assert 0.1 < gbs < 10_000
+    assert 0.1 < run.bandwidth_GBs < 10_000
+    # each run against the probe right after it, not median against median
+    assert run.share == pytest.approx(float(np.median(
+        [1000 / t_i / 1e9 / bw for t_i, bw in zip(run.times, run.bandwidths)])))
+    fixed = min(run.times) / 2
+    assert run.share_beyond(fixed) == pytest.approx(float(np.median(
+        [1000 / (t_i - fixed) / 1e9 / bw for t_i, bw in zip(run.times, run.bandwidths)])))
+    assert run.share_beyond(fixed) > run.share
     with pytest.raises(ValueError, match="repeats"):
         bench.measure_with_bandwidth(lambda: None, repeats=0)
 
