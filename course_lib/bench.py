@@ -104,10 +104,14 @@ def memory_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 10, device: str =
 class BandwidthRun:
     """A kernel's runs, each followed by the bandwidth probes: the kernel's share of the bound."""
 
-    timing: Timing
     times: tuple[float, ...]         # seconds of each timed kernel run
     bandwidths: tuple[float, ...]    # GB/s probed right after each of them (the faster probe)
     work_bytes: int                  # bytes one kernel call must read
+
+    @property
+    def timing(self) -> Timing:
+        """Median and quartiles of :attr:`times`."""
+        return Timing.of(self.times)
 
     @property
     def bandwidth_GBs(self) -> float:
@@ -147,7 +151,7 @@ def measure_with_bandwidth(fn: Callable, make_inputs: Callable[[], Sequence] | N
         if i >= warmup:
             times.append(t)
             bandwidths.append(nbytes / best / 1e9)
-    return BandwidthRun(Timing.of(times), tuple(times), tuple(bandwidths), work_bytes)
+    return BandwidthRun(tuple(times), tuple(bandwidths), work_bytes)
 
 
 def machine_info(device: str = "cpu") -> dict:

@@ -16,6 +16,7 @@ def test_run_reports_every_density_and_consistent_ratios():
         assert r["speedup"] == pytest.approx(r["dense_ms"] / r["sparse_ms"])
         assert r["bound"] == pytest.approx(1 / r["density"])
         assert r["share_of_bound"] > 0 and r["bandwidth_GBs"] > 0  # pairing: tests/test_bench.py
+        assert r["call_ms"] > 0 and r["share_beyond_call"] > r["share_of_bound"]
 
 
 def test_cli_writes_csv_with_machine_info(tmp_path, monkeypatch):
