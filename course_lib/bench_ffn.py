@@ -16,6 +16,12 @@ of the call's GB/s over the bandwidth probed right after it. ``call_ms`` is the 
 call that reads no weights, timed the same way (the probes flush the caches, so it includes
 refilling them with Python's and numba's state); ``share_beyond_call`` is the share of the time
 beyond it, i.e. how close the kernel streams to the bound once it runs.
+
+An isolated call after a cache flush is the pessimistic case. A decode step runs the same op in
+layer after layer, so ``loop_ms`` and ``loop_share`` time a **decode pass**: the op on ``layers``
+distinct weight matrices back to back (copies of the same values in separate memory, each larger
+than the caches, so no layer finds another's rows cached), a fresh active set for each, the
+probes after each pass. Python's and numba's state stays warm; the weights do not.
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ from . import bench, ffn
 
 #: 1.0 runs the sparse kernel on every row: its own dense rate, the reference for the others
 DENSITIES = (1.0, 0.5, 0.25, 0.1, 0.05)
-FULL = dict(d_model=4096, d_ff=16384, repeats=20, probe_bytes=512 * 2**20)
-QUICK = dict(d_model=512, d_ff=2048, repeats=5, probe_bytes=64 * 2**20)
+FULL = dict(d_model=4096, d_ff=16384, repeats=20, probe_bytes=512 * 2**20, layers=8)
+QUICK = dict(d_model=512, d_ff=2048, repeats=5, probe_bytes=64 * 2**20, layers=2)
 
 
 def _dtypes(device: str) -> list[torch.dtype]:
@@ -43,7 +49,8 @@ def _dtypes(device: str) -> list[torch.dtype]:
 
 
 def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
-        densities=DENSITIES, seed: int = 0, probe_bytes: int = 512 * 2**20) -> tuple[list[dict], float]:
+        densities=DENSITIES, seed: int = 0, probe_bytes: int = 512 * 2**20,
+        layers: int = 8) -> tuple[list[dict], float]:
     """Measure every (op, dtype, density); returns the rows and the measured bandwidth (GB/s)."""
     gen = torch.Generator().manual_seed(seed)
     bandwidth = bench.memory_bandwidth(nbytes=probe_bytes, device=device)
@@ -51,18 +58,24 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
     for dtype in _dtypes(device):
         W1 = torch.randn(d_ff, d_model, generator=gen).to(dtype=dtype, device=device)  # = W2ᵀ too
         W2 = W1.t().contiguous()
+        stack = [W1] + [W1.clone() for _ in range(layers - 1)]  # a decode pass's distinct layers
         itemsize = W1.element_size()
 
         def vec(n):
             return lambda: (torch.randn(n, generator=gen).to(dtype=dtype, device=device),)
 
-        for op, dense_fn, sparse_fn, naive_fn, vec_len in (
-            ("down", lambda h: torch.mv(W2, h), lambda h, i: ffn.gather_gemv(W1, h, i),
+        for op, dense_fn, kernel, naive_fn, vec_len in (
+            ("down", lambda h: torch.mv(W2, h), ffn.gather_gemv,
              lambda h, i: ffn.gather_gemv_ref(W1, h, i), d_ff),
-            ("up", lambda x: torch.mv(W1, x), lambda x, i: ffn.row_gemv(W1, x, i),
+            ("up", lambda x: torch.mv(W1, x), ffn.row_gemv,
              lambda x, i: ffn.row_gemv_ref(W1, x, i), d_model),
         ):
             dense = bench.measure(dense_fn, vec(vec_len), repeats=repeats, device=device)
+            sparse_fn = functools.partial(kernel, W1)
+
+            def decode_pass(*inputs, kernel=kernel):  # the op once per layer, back to back
+                for W, (v, i) in zip(stack, inputs):
+                    kernel(W, v, i)
 
             def sparse_inputs(k, n=vec_len):
                 idx = torch.randperm(d_ff, generator=gen)[:k].sort().values.to(device)
@@ -81,6 +94,9 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
                     sparse_fn, fresh, repeats=repeats, device=device, nbytes=probe_bytes,
                     work_bytes=nbytes)
                 sparse = measured.timing
+                loop = bench.measure_with_bandwidth(
+                    decode_pass, lambda: [fresh() for _ in stack], repeats=repeats,
+                    device=device, nbytes=probe_bytes, work_bytes=layers * nbytes)
                 naive = bench.measure(naive_fn, fresh, repeats=max(3, repeats // 4),
                                       device=device)
                 gbs = nbytes / sparse.median / 1e9
@@ -97,13 +113,14 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
                     "share_of_bound": measured.share,
                     "call_ms": call_s * 1e3,
                     "share_beyond_call": measured.share_beyond(call_s),
+                    "loop_ms": loop.timing.median / layers * 1e3, "loop_share": loop.share,
                 })
     return rows, bandwidth
 
 
 def _print_table(rows: list[dict]) -> None:
     cols = ("op", "dtype", "density", "dense_ms", "sparse_ms", "naive_ms", "speedup", "bound",
-            "sparse_GBs", "share_of_bound", "call_ms", "share_beyond_call")
+            "sparse_GBs", "share_of_bound", "call_ms", "share_beyond_call", "loop_ms", "loop_share")
     print("  ".join(f"{c:>14}" for c in cols))
     for r in rows:
         print("  ".join(f"{r[c]:>14.3f}" if isinstance(r[c], float) else f"{r[c]:>14}" for c in cols))

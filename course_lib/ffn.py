@@ -147,6 +147,15 @@ def _prefetch_rows(W, idx, lo, hi):  # pragma: no cover - compiled
             prefetch(row, e)
 
 
+@numba.njit(inline="always")
+def _eight_rows(W, idx, p):  # pragma: no cover - compiled
+    # Rows idx[p:p+8] of W, eight memory streams to run at once, while the pages of the next
+    # eight are prefetched.
+    _prefetch_rows(W, idx, p + 8, p + 16)
+    return (W[idx[p]], W[idx[p + 1]], W[idx[p + 2]], W[idx[p + 3]],
+            W[idx[p + 4]], W[idx[p + 5]], W[idx[p + 6]], W[idx[p + 7]])
+
+
 @numba.njit(fastmath=True, nogil=True, cache=True)
 def _gather_gemv_cpu(Wt, v, idx, partial, out, tid, state):  # pragma: no cover - compiled
     # Split-K: team threads claim chunks of the active list (course_lib._numba) and stream whole
@@ -160,9 +169,7 @@ def _gather_gemv_cpu(Wt, v, idx, partial, out, tid, state):  # pragma: no cover 
     while c >= 0:
         p, hi = c * _ROWS_PER_CHUNK, min(k, (c + 1) * _ROWS_PER_CHUNK)
         while p + 8 <= hi:
-            _prefetch_rows(Wt, idx, p + 8, p + 16)
-            r0, r1, r2, r3 = Wt[idx[p]], Wt[idx[p + 1]], Wt[idx[p + 2]], Wt[idx[p + 3]]
-            r4, r5, r6, r7 = Wt[idx[p + 4]], Wt[idx[p + 5]], Wt[idx[p + 6]], Wt[idx[p + 7]]
+            r0, r1, r2, r3, r4, r5, r6, r7 = _eight_rows(Wt, idx, p)
             s0, s1, s2, s3 = (_value(v[idx[p]]), _value(v[idx[p + 1]]),
                               _value(v[idx[p + 2]]), _value(v[idx[p + 3]]))
             s4, s5, s6, s7 = (_value(v[idx[p + 4]]), _value(v[idx[p + 5]]),
@@ -199,9 +206,7 @@ def _row_gemv_cpu(W, x, idx, out, tid, state):  # pragma: no cover - compiled
     while c >= 0:
         p, hi = c * _ROWS_PER_CHUNK, min(k, (c + 1) * _ROWS_PER_CHUNK)
         while p + 8 <= hi:
-            _prefetch_rows(W, idx, p + 8, p + 16)
-            r0, r1, r2, r3 = W[idx[p]], W[idx[p + 1]], W[idx[p + 2]], W[idx[p + 3]]
-            r4, r5, r6, r7 = W[idx[p + 4]], W[idx[p + 5]], W[idx[p + 6]], W[idx[p + 7]]
+            r0, r1, r2, r3, r4, r5, r6, r7 = _eight_rows(W, idx, p)
             s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = _zero(x)
             for j in range(n):
                 xj = _value(x[j])

@@ -7,7 +7,7 @@ from course_lib import bench, bench_ffn
 
 def test_run_reports_every_density_and_consistent_ratios():
     rows, bandwidth = bench_ffn.run(d_model=64, d_ff=256, repeats=2, densities=(0.5, 0.1),
-                                     probe_bytes=16 * 2**20)
+                                     probe_bytes=16 * 2**20, layers=2)
     assert bandwidth > 0
     expected = [(dt, op, d) for dt in ("float32", "bfloat16") for op in ("down", "up") for d in (0.5, 0.1)]
     assert [(r["dtype"], r["op"], r["density"]) for r in rows] == expected
@@ -17,6 +17,7 @@ def test_run_reports_every_density_and_consistent_ratios():
         assert r["bound"] == pytest.approx(1 / r["density"])
         assert r["share_of_bound"] > 0 and r["bandwidth_GBs"] > 0  # pairing: tests/test_bench.py
         assert r["call_ms"] > 0 and r["share_beyond_call"] > r["share_of_bound"]
+        assert r["loop_ms"] > 0 and r["loop_share"] > 0
 
 
 def test_cli_writes_csv_with_machine_info(tmp_path, monkeypatch):
