@@ -74,6 +74,15 @@ def test_bf16_accumulates_in_fp32(fn, backend):
     torch.testing.assert_close(got.float(), expected, rtol=1e-2, atol=2e-2)  # one bf16 rounding
 
 
+def test_row_kernel_accumulates_in_the_values_dtype_not_float64():
+    # A literal 0 as the accumulators' start made numba promote float32 to float64, which halved
+    # the vector width of the fp32 and bf16 row GEMVs; the zero must keep the values' dtype.
+    zero = ffn.numba.njit(lambda a: ffn._zero(a))
+    for stored, acc in (("uint16", "float32"), ("float32", "float32"), ("float64", "float64")):
+        zero(np.zeros(1, stored))
+        assert str(zero.nopython_signatures[-1].return_type) == acc, stored
+
+
 @given(d_model=st.integers(1, 24), d_ff=st.integers(1, 48), n=st.integers(1, 4),
        seed=st.integers(0, 2**16))
 def test_exact_mode_property(d_model, d_ff, n, seed):
