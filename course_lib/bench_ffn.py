@@ -2,11 +2,14 @@
 
 ``python -m course_lib.bench ffn [--quick] [--device cpu|cuda] [--out DIR]``
 
-Two products of a ``d_model × d_ff`` FFN (default 4096 × 16384, as in a 7B-class model), at
-densities 100 (the sparse kernel's own dense rate)/50/25/10/5 %, each call on a **fresh** random active set (sorted, as ``nonzero`` returns it):
+The products of a ``d_model × d_ff`` FFN (default 4096 × 16384, as in a 7B-class model), at
+densities 100 (the sparse kernel's own dense rate)/50/25/10/5 %, each call on a **fresh** random
+active set (sorted, as ``nonzero`` returns it):
 
 * ``down``: ``y = W2[:, S] · h[S]`` with ``ffn.gather_gemv`` on ``W2ᵀ``; baseline ``torch.mv(W2, h)``;
-* ``up``:   ``h[S] = W1[S] · x`` with ``ffn.row_gemv`` (predicted rows); baseline ``torch.mv(W1, x)``.
+* ``up``:   ``h[S] = W1[S] · x`` with ``ffn.row_gemv`` (predicted rows); baseline ``torch.mv(W1, x)``;
+* ``ffn``:  both in one pass, ``y = W2[:, S] · relu(W1[S] · x + b1[S])`` with ``ffn.fused_ffn``;
+  baseline the dense FFN ``torch.mv(W2, relu(torch.mv(W1, x) + b1))``.
 
 Per row: dense, sparse and naive (``index_select``, copies the rows) medians, the speed-up, its
 bound ``1/density``, the sparse kernel's achieved GB/s, and its share of the bandwidth bound:
@@ -56,26 +59,34 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
     bandwidth = bench.memory_bandwidth(nbytes=probe_bytes, device=device)
     rows = []
     for dtype in _dtypes(device):
-        W1 = torch.randn(d_ff, d_model, generator=gen).to(dtype=dtype, device=device)  # = W2ᵀ too
-        W2 = W1.t().contiguous()
-        stack = [W1] + [W1.clone() for _ in range(layers - 1)]  # a decode pass's distinct layers
+        def weights(*shape):
+            return torch.randn(*shape, generator=gen).to(dtype=dtype, device=device)
+
+        W1, b1, W2t = weights(d_ff, d_model), weights(d_ff), weights(d_ff, d_model)
+        W2 = W2t.t().contiguous()
+        # a decode pass's distinct layers (W1, b1, W2t): copies in separate memory
+        stack = [(W1, b1, W2t)] + [(W1.clone(), b1, W2t.clone()) for _ in range(layers - 1)]
         itemsize = W1.element_size()
 
         def vec(n):
             return lambda: (torch.randn(n, generator=gen).to(dtype=dtype, device=device),)
 
-        for op, dense_fn, kernel, naive_fn, vec_len in (
-            ("down", lambda h: torch.mv(W2, h), ffn.gather_gemv,
-             lambda h, i: ffn.gather_gemv_ref(W1, h, i), d_ff),
-            ("up", lambda x: torch.mv(W1, x), ffn.row_gemv,
-             lambda x, i: ffn.row_gemv_ref(W1, x, i), d_model),
+        # (op, dense baseline(v), sparse kernel(layer, v, idx), reference(v, idx), len(v), matrices)
+        for op, dense_fn, kernel, naive_fn, vec_len, matrices in (
+            ("down", lambda h: torch.mv(W2, h), lambda L, h, i: ffn.gather_gemv(L[2], h, i),
+             lambda h, i: ffn.gather_gemv_ref(W2t, h, i), d_ff, 1),
+            ("up", lambda x: torch.mv(W1, x), lambda L, x, i: ffn.row_gemv(L[0], x, i),
+             lambda x, i: ffn.row_gemv_ref(W1, x, i), d_model, 1),
+            ("ffn", lambda x: torch.mv(W2, torch.relu(torch.mv(W1, x) + b1)),
+             lambda L, x, i: ffn.fused_ffn(*L[:3], x, i),
+             lambda x, i: ffn.fused_ffn_ref(W1, b1, W2t, x, i), d_model, 2),
         ):
             dense = bench.measure(dense_fn, vec(vec_len), repeats=repeats, device=device)
-            sparse_fn = functools.partial(kernel, W1)
+            sparse_fn = functools.partial(kernel, stack[0])
 
             def decode_pass(*inputs, kernel=kernel):  # the op once per layer, back to back
-                for W, (v, i) in zip(stack, inputs):
-                    kernel(W, v, i)
+                for layer, (v, i) in zip(stack, inputs):
+                    kernel(layer, v, i)
 
             def sparse_inputs(k, n=vec_len):
                 idx = torch.randperm(d_ff, generator=gen)[:k].sort().values.to(device)
@@ -89,7 +100,7 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
             for density in densities:
                 k = max(1, round(density * d_ff))
                 fresh = functools.partial(sparse_inputs, k)
-                nbytes = ffn.gemv_bytes(k, d_model, itemsize, index_itemsize=8)
+                nbytes = matrices * ffn.gemv_bytes(k, d_model, itemsize) + 8 * k  # + int64 indices
                 measured = bench.measure_with_bandwidth(
                     sparse_fn, fresh, repeats=repeats, device=device, nbytes=probe_bytes,
                     work_bytes=nbytes)
@@ -99,7 +110,6 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
                     device=device, nbytes=probe_bytes, work_bytes=layers * nbytes)
                 naive = bench.measure(naive_fn, fresh, repeats=max(3, repeats // 4),
                                       device=device)
-                gbs = nbytes / sparse.median / 1e9
                 rows.append({
                     "op": op, "dtype": str(dtype).removeprefix("torch."), "d_model": d_model,
                     "d_ff": d_ff, "density": density, "active": k,
@@ -108,11 +118,10 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
                     "naive_ms": naive.median * 1e3,
                     "speedup": dense.median / sparse.median, "bound": 1.0 / density,
                     "naive_speedup": dense.median / naive.median,
-                    "dense_GBs": d_ff * d_model * itemsize / dense.median / 1e9,
-                    "sparse_GBs": gbs, "bandwidth_GBs": measured.bandwidth_GBs,
-                    "share_of_bound": measured.share,
-                    "call_ms": call_s * 1e3,
-                    "share_beyond_call": measured.share_beyond(call_s),
+                    "dense_GBs": matrices * d_ff * d_model * itemsize / dense.median / 1e9,
+                    "sparse_GBs": nbytes / sparse.median / 1e9,
+                    "bandwidth_GBs": measured.bandwidth_GBs, "share_of_bound": measured.share,
+                    "call_ms": call_s * 1e3, "share_beyond_call": measured.share_beyond(call_s),
                     "loop_ms": loop.timing.median / layers * 1e3, "loop_share": loop.share,
                 })
     return rows, bandwidth

@@ -12,7 +12,8 @@ is ``W1[j]``), which is what a predictor-driven up-projection reads.
 Kernels (torch tensors in, torch tensor out):
 
 * :func:`gather_gemv` ``y = Σ_p v[idx[p]] · Wt[idx[p]]`` (down-projection with a sparse input);
-* :func:`row_gemv` ``h[p] = W[idx[p]] · x`` (up-projection of predicted-active neurons only).
+* :func:`row_gemv` ``h[p] = W[idx[p]] · x`` (up-projection of predicted-active neurons only);
+* :func:`fused_ffn` ``y = Σ_p act(W1[idx[p]] · x + b1[idx[p]]) · W2t[idx[p]]`` (both, one pass).
 
 Tiers: ``*_ref`` index with ``torch.index_select`` (readable, but copies the gathered rows);
 the CPU tier is a numba kernel that reads the active rows in place, split over a thread team
@@ -27,6 +28,8 @@ Deja Vu-style predictor of the active set).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from llvmlite import ir
@@ -37,7 +40,8 @@ from torch import nn
 from ._numba import TEAM, chunk_done, claim, numba, prefetch, wait_done
 
 __all__ = [
-    "gather_gemv", "gather_gemv_ref", "row_gemv", "row_gemv_ref", "calibrate_threshold",
+    "gather_gemv", "gather_gemv_ref", "row_gemv", "row_gemv_ref", "fused_ffn", "fused_ffn_ref",
+    "calibrate_threshold",
     "LowRankPredictor", "SparseFFN", "gemv_bytes",
 ]
 
@@ -87,6 +91,34 @@ def row_gemv_ref(W: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> torch.T
     _check_gemv_args("row_gemv_ref", W, x, idx, W.shape[1])
     _check_range("row_gemv_ref", idx, W.shape[0])
     return W.index_select(0, idx) @ x
+
+
+def _check_fused_args(name: str, W1, b1, W2t, x, idx, activation: str) -> None:
+    _check_gemv_args(name, W1, x, idx, W1.shape[1] if isinstance(W1, torch.Tensor) else 0)
+    for arg, t in (("b1", b1), ("W2t", W2t)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
+    if W2t.ndim != 2 or W2t.shape[0] != W1.shape[0]:
+        raise ValueError(f"{name}: W2t must be (d_ff, d_out) with d_ff={W1.shape[0]}, got shape "
+                         f"{tuple(W2t.shape)}")
+    if b1.shape != (W1.shape[0],):
+        raise ValueError(f"{name}: b1 must have shape ({W1.shape[0]},), got {tuple(b1.shape)}")
+    if W2t.dtype != W1.dtype or b1.dtype != W1.dtype:
+        raise TypeError(f"{name}: W1, b1 and W2t must share a dtype, got {W1.dtype}, {b1.dtype}, "
+                        f"{W2t.dtype}")
+    if not (W2t.device == b1.device == W1.device):
+        raise ValueError(f"{name}: W1, b1, W2t, x and idx must be on one device")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"{name}: activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+
+
+def fused_ffn_ref(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, x: torch.Tensor,
+                  idx: torch.Tensor, activation: str = "relu") -> torch.Tensor:
+    """``y = Σ_p act(W1[idx[p]] · x + b1[idx[p]]) · W2t[idx[p]]`` (copies the rows; no ``b2``)."""
+    _check_fused_args("fused_ffn_ref", W1, b1, W2t, x, idx, activation)
+    _check_range("fused_ffn_ref", idx, W1.shape[0])
+    h = _ACTIVATIONS[activation](W1.index_select(0, idx) @ x + b1[idx])
+    return h @ W2t.index_select(0, idx)
 
 
 # --------------------------------------------------------------------------- CPU tier (numba)
@@ -156,81 +188,162 @@ def _eight_rows(W, idx, p):  # pragma: no cover - compiled
             W[idx[p + 4]], W[idx[p + 5]], W[idx[p + 6]], W[idx[p + 7]])
 
 
+@numba.njit(inline="always")
+def _dots8(W, idx, p, x):  # pragma: no cover - compiled
+    # (W[idx[p+i]] · x for i < 8): eight rows share each load of x, accumulators in the values'
+    # dtype (_zero) so that the reductions vectorize at full width.
+    r0, r1, r2, r3, r4, r5, r6, r7 = _eight_rows(W, idx, p)
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = _zero(x)
+    for j in range(W.shape[1]):
+        xj = _value(x[j])
+        s0 += _value(r0[j]) * xj
+        s1 += _value(r1[j]) * xj
+        s2 += _value(r2[j]) * xj
+        s3 += _value(r3[j]) * xj
+        s4 += _value(r4[j]) * xj
+        s5 += _value(r5[j]) * xj
+        s6 += _value(r6[j]) * xj
+        s7 += _value(r7[j]) * xj
+    return s0, s1, s2, s3, s4, s5, s6, s7
+
+
+@numba.njit(inline="always")
+def _dot(row, x):  # pragma: no cover - compiled
+    s = _zero(x)
+    for j in range(row.shape[0]):
+        s += _value(row[j]) * _value(x[j])
+    return s
+
+
+@numba.njit(inline="always")
+def _axpy8(acc, W, idx, p, s):  # pragma: no cover - compiled
+    # acc += Σ_{i<8} s[i] · W[idx[p+i]]: one accumulator update per eight rows.
+    r0, r1, r2, r3, r4, r5, r6, r7 = _eight_rows(W, idx, p)
+    s0, s1, s2, s3, s4, s5, s6, s7 = s
+    for j in range(acc.shape[0]):
+        acc[j] += (((s0 * _value(r0[j]) + s1 * _value(r1[j]))
+                    + (s2 * _value(r2[j]) + s3 * _value(r3[j])))
+                   + ((s4 * _value(r4[j]) + s5 * _value(r5[j]))
+                      + (s6 * _value(r6[j]) + s7 * _value(r7[j]))))
+
+
+@numba.njit(inline="always")
+def _axpy(acc, row, s):  # pragma: no cover - compiled
+    for j in range(acc.shape[0]):
+        acc[j] += s * _value(row[j])
+
+
+@numba.njit(inline="always")
+def _sum_partials(partial, out):  # pragma: no cover - compiled
+    for j in range(out.shape[0]):
+        total = partial[0, j]
+        for t in range(1, partial.shape[0]):
+            total += partial[t, j]
+        out[j] = total
+
+
 @numba.njit(fastmath=True, nogil=True, cache=True)
 def _gather_gemv_cpu(Wt, v, idx, partial, out, tid, state):  # pragma: no cover - compiled
     # Split-K: team threads claim chunks of the active list (course_lib._numba) and stream whole
     # rows of Wt (d_model contiguous values) into their own accumulator partial[tid], eight rows at
-    # a time (eight memory streams in flight, one accumulator update per eight rows) while the next
-    # eight rows are prefetched. The caller (tid 0) then sums the partials.
-    n, k = Wt.shape[1], idx.shape[0]
-    acc = partial[tid]
+    # a time (eight memory streams in flight) while the next eight rows are prefetched. The
+    # caller (tid 0) then sums the partials.
+    k, acc = idx.shape[0], partial[tid]
     nchunks = (k + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK
     c = claim(state, nchunks)
     while c >= 0:
         p, hi = c * _ROWS_PER_CHUNK, min(k, (c + 1) * _ROWS_PER_CHUNK)
         while p + 8 <= hi:
-            r0, r1, r2, r3, r4, r5, r6, r7 = _eight_rows(Wt, idx, p)
-            s0, s1, s2, s3 = (_value(v[idx[p]]), _value(v[idx[p + 1]]),
-                              _value(v[idx[p + 2]]), _value(v[idx[p + 3]]))
-            s4, s5, s6, s7 = (_value(v[idx[p + 4]]), _value(v[idx[p + 5]]),
-                              _value(v[idx[p + 6]]), _value(v[idx[p + 7]]))
-            for j in range(n):
-                acc[j] += (((s0 * _value(r0[j]) + s1 * _value(r1[j]))
-                            + (s2 * _value(r2[j]) + s3 * _value(r3[j])))
-                           + ((s4 * _value(r4[j]) + s5 * _value(r5[j]))
-                              + (s6 * _value(r6[j]) + s7 * _value(r7[j]))))
+            _axpy8(acc, Wt, idx, p, (_value(v[idx[p]]), _value(v[idx[p + 1]]),
+                                     _value(v[idx[p + 2]]), _value(v[idx[p + 3]]),
+                                     _value(v[idx[p + 4]]), _value(v[idx[p + 5]]),
+                                     _value(v[idx[p + 6]]), _value(v[idx[p + 7]])))
             p += 8
         for q in range(p, hi):
-            r0, s0 = Wt[idx[q]], _value(v[idx[q]])
-            for j in range(n):
-                acc[j] += s0 * _value(r0[j])
+            _axpy(acc, Wt[idx[q]], _value(v[idx[q]]))
         chunk_done(state)
         c = claim(state, nchunks)
     if tid == 0:
         wait_done(state, nchunks)
-        for j in range(n):
-            total = partial[0, j]
-            for t in range(1, partial.shape[0]):
-                total += partial[t, j]
-            out[j] = total
+        _sum_partials(partial, out)
 
 
 @numba.njit(fastmath=True, nogil=True, cache=True)
 def _row_gemv_cpu(W, x, idx, out, tid, state):  # pragma: no cover - compiled
     # Team threads claim chunks of the active list; eight rows at a time share each load of x
-    # (eight concurrent row streams, the next eight prefetched), with accumulators in the values'
-    # dtype (_zero) so the reduction vectorizes at full width.
-    n, k = W.shape[1], idx.shape[0]
+    # (eight concurrent row streams, the next eight prefetched).
+    k = idx.shape[0]
     nchunks = (k + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK
     c = claim(state, nchunks)
     while c >= 0:
         p, hi = c * _ROWS_PER_CHUNK, min(k, (c + 1) * _ROWS_PER_CHUNK)
         while p + 8 <= hi:
-            r0, r1, r2, r3, r4, r5, r6, r7 = _eight_rows(W, idx, p)
-            s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = _zero(x)
-            for j in range(n):
-                xj = _value(x[j])
-                s0 += _value(r0[j]) * xj
-                s1 += _value(r1[j]) * xj
-                s2 += _value(r2[j]) * xj
-                s3 += _value(r3[j]) * xj
-                s4 += _value(r4[j]) * xj
-                s5 += _value(r5[j]) * xj
-                s6 += _value(r6[j]) * xj
-                s7 += _value(r7[j]) * xj
-            out[p], out[p + 1], out[p + 2], out[p + 3] = s0, s1, s2, s3
-            out[p + 4], out[p + 5], out[p + 6], out[p + 7] = s4, s5, s6, s7
+            out[p], out[p + 1], out[p + 2], out[p + 3], \
+                out[p + 4], out[p + 5], out[p + 6], out[p + 7] = _dots8(W, idx, p, x)
             p += 8
         for q in range(p, hi):
-            row = W[idx[q]]
-            s = _zero(x)
-            for j in range(n):
-                s += _value(row[j]) * _value(x[j])
-            out[q] = s
+            out[q] = _dot(W[idx[q]], x)
         chunk_done(state)
         c = claim(state, nchunks)
     if tid == 0:
         wait_done(state, nchunks)
+
+
+_RELU, _GELU = 0, 1  # activation codes of the fused kernel (``activation`` names in _ACT_CODES)
+_ACT_CODES = {"relu": _RELU, "gelu": _GELU}  # the names of _ACTIVATIONS
+
+
+def _like(value, ref):  # pragma: no cover - only its numba overload below is ever called
+    """``value`` converted to the float type of ``ref`` (float literals would promote to float64)."""
+    raise NotImplementedError
+
+
+@overload(_like, inline="always")
+def _like_overload(value, ref):
+    if not isinstance(ref, types.Float):
+        return None
+    float_type = ref
+    return lambda value, ref: float_type(value)
+
+
+@numba.njit(inline="always")
+def _act(h, code):  # pragma: no cover - compiled
+    # relu(h) = max(h, 0); gelu(h) = h · Φ(h) = h/2 · (1 + erf(h/√2)), as torch's default GELU;
+    # computed in h's own float type (_like), so that the W2t loop stays at full SIMD width.
+    if code == _RELU:
+        return max(h, _like(0, h))
+    return _like(0.5 * h * (1.0 + math.erf(h * 0.7071067811865476)), h)
+
+
+@numba.njit(fastmath=True, nogil=True, cache=True)
+def _fused_ffn_cpu(W1, b1, W2t, x, idx, code, partial, out, tid, state):  # pragma: no cover
+    # One pass over the active neurons: for eight at a time, their W1 rows (dot products with x),
+    # the activation, then their W2t rows (accumulated into partial[tid], split-K as in
+    # _gather_gemv_cpu). The hidden values never leave registers; each weight row is read once.
+    k, acc = idx.shape[0], partial[tid]
+    nchunks = (k + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK
+    c = claim(state, nchunks)
+    while c >= 0:
+        p, hi = c * _ROWS_PER_CHUNK, min(k, (c + 1) * _ROWS_PER_CHUNK)
+        while p + 8 <= hi:
+            s0, s1, s2, s3, s4, s5, s6, s7 = _dots8(W1, idx, p, x)
+            _axpy8(acc, W2t, idx, p, (_act(s0 + _value(b1[idx[p]]), code),
+                                      _act(s1 + _value(b1[idx[p + 1]]), code),
+                                      _act(s2 + _value(b1[idx[p + 2]]), code),
+                                      _act(s3 + _value(b1[idx[p + 3]]), code),
+                                      _act(s4 + _value(b1[idx[p + 4]]), code),
+                                      _act(s5 + _value(b1[idx[p + 5]]), code),
+                                      _act(s6 + _value(b1[idx[p + 6]]), code),
+                                      _act(s7 + _value(b1[idx[p + 7]]), code)))
+            p += 8
+        for q in range(p, hi):
+            i = idx[q]
+            _axpy(acc, W2t[i], _act(_dot(W1[i], x) + _value(b1[i]), code))
+        chunk_done(state)
+        c = claim(state, nchunks)
+    if tid == 0:
+        wait_done(state, nchunks)
+        _sum_partials(partial, out)
 
 
 _CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
@@ -290,7 +403,36 @@ def _triton_kernels():
                 acc += tl.sum(w * xv[None, :], axis=1)
             tl.store(out + ks, acc, mask=kmask)
 
-        _TRITON.update(gather=gather_kernel, row=row_kernel, cdiv=triton.cdiv)
+        @triton.jit
+        def fused_kernel(W1, b1, W2t, x, idx, out, K, N1, N2, stride_1, stride_2,
+                         GELU: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
+            # program k-block: the hidden values of BLOCK_K active neurons (as row_kernel, plus
+            # bias and activation), then their W2t rows added atomically (as gather_kernel).
+            ks = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+            kmask = ks < K
+            rows = tl.load(idx + ks, mask=kmask, other=0).to(tl.int64)
+            h = tl.zeros((BLOCK_K,), dtype=tl.float32)
+            for start in range(0, N1, BLOCK_N):
+                cols = start + tl.arange(0, BLOCK_N)
+                nmask = cols < N1
+                xv = tl.load(x + cols, mask=nmask, other=0.0).to(tl.float32)
+                w = tl.load(W1 + rows[:, None] * stride_1 + cols[None, :],
+                            mask=kmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
+                h += tl.sum(w * xv[None, :], axis=1)
+            h += tl.load(b1 + rows, mask=kmask, other=0.0).to(tl.float32)
+            if GELU:
+                h = 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))
+            else:
+                h = tl.maximum(h, 0.0)
+            h = tl.where(kmask, h, 0.0)
+            for start in range(0, N2, BLOCK_N):
+                cols = start + tl.arange(0, BLOCK_N)
+                nmask = cols < N2
+                w = tl.load(W2t + rows[:, None] * stride_2 + cols[None, :],
+                            mask=kmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
+                tl.atomic_add(out + cols, tl.sum(w * h[:, None], axis=0), mask=nmask)
+
+        _TRITON.update(gather=gather_kernel, row=row_kernel, fused=fused_kernel, cdiv=triton.cdiv)
     return _TRITON
 
 
@@ -360,6 +502,43 @@ def row_gemv(W: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, *,
         kern["row"][(kern["cdiv"](K, BLOCK_K),)](W, x, idx, out, K, N, W.stride(0),
                                                  BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
     return out.to(W.dtype)
+
+
+def fused_ffn(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, x: torch.Tensor,
+              idx: torch.Tensor, activation: str = "relu", *, backend: str = "auto") -> torch.Tensor:
+    """``y = Σ_p act(W1[idx[p]] · x + b1[idx[p]]) · W2t[idx[p]]``: an FFN (without ``b2``) on the
+    active neurons ``idx`` in **one pass**: each active neuron's W1 row, its activation and its
+    W2t row, the hidden values kept in registers, neither weight matrix copied.
+
+    ``W1`` is ``(d_ff, d_model)``, ``b1`` ``(d_ff,)``, ``W2t = W2ᵀ`` ``(d_ff, d_out)``, ``x``
+    ``(d_model,)``, ``activation`` ``"relu"`` or ``"gelu"``. One call instead of
+    :func:`row_gemv` then :func:`gather_gemv` halves the fixed costs per layer.
+    """
+    _check_fused_args("fused_ffn", W1, b1, W2t, x, idx, activation)
+    backend = _backend(backend, W1)
+    if backend == "ref":
+        return fused_ffn_ref(W1, b1, W2t, x, idx, activation)
+    if backend == "cpu":
+        W1n, xx, ii, acc_dtype = _cpu_arrays("fused_ffn", W1, x, idx)
+        W2n, bb, _, _ = _cpu_arrays("fused_ffn", W2t, b1, idx)
+        _check_range("fused_ffn", ii, W1n.shape[0])
+        out = np.empty(W2n.shape[1], dtype=acc_dtype)
+        size = TEAM.size()
+        partial = np.zeros((size, W2n.shape[1]), dtype=acc_dtype)
+        TEAM.run(_fused_ffn_cpu, W1n, bb, W2n, xx, ii, _ACT_CODES[activation], partial, out,
+                 size=size)
+        return torch.from_numpy(out).to(W1.dtype)
+    _check_range("fused_ffn", idx, W1.shape[0])
+    kern = _triton_kernels()
+    W1, b1, W2t, x, idx = W1.contiguous(), b1.contiguous(), W2t.contiguous(), x.contiguous(), idx.contiguous()
+    K = idx.shape[0]
+    out = torch.zeros(W2t.shape[1], dtype=torch.float32, device=W1.device)
+    if K:
+        BLOCK_K, BLOCK_N = 32, 128
+        kern["fused"][(kern["cdiv"](K, BLOCK_K),)](
+            W1, b1, W2t, x, idx, out, K, W1.shape[1], W2t.shape[1], W1.stride(0), W2t.stride(0),
+            GELU=activation == "gelu", BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
+    return out.to(W1.dtype)
 
 
 def gemv_bytes(rows: int, cols: int, itemsize: int, index_itemsize: int = 0) -> int:
@@ -533,10 +712,7 @@ class SparseFFN:
         if x.ndim == 2:
             return torch.stack([self(row, mode) for row in x]) if len(x) else self.dense(x)
         idx = self.active_set(x, mode)
-        if mode == "predicted":  # compute only the predicted rows of W1, then the active columns of W2
-            h_active = self.act(row_gemv(self.W1, x, idx, backend=self.backend) + self.b1[idx])
-            h = x.new_zeros(self.d_ff)
-            h[idx] = h_active
-        else:
-            h = self.hidden(x)
-        return gather_gemv(self.W2t, h, idx, backend=self.backend) + self.b2
+        if mode == "predicted":  # one pass over the predicted neurons: W1 rows, act, W2t rows
+            return fused_ffn(self.W1, self.b1, self.W2t, x, idx, self.activation,
+                             backend=self.backend) + self.b2
+        return gather_gemv(self.W2t, self.hidden(x), idx, backend=self.backend) + self.b2

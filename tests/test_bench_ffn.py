@@ -9,7 +9,8 @@ def test_run_reports_every_density_and_consistent_ratios():
     rows, bandwidth = bench_ffn.run(d_model=64, d_ff=256, repeats=2, densities=(0.5, 0.1),
                                      probe_bytes=16 * 2**20, layers=2)
     assert bandwidth > 0
-    expected = [(dt, op, d) for dt in ("float32", "bfloat16") for op in ("down", "up") for d in (0.5, 0.1)]
+    expected = [(dt, op, d) for dt in ("float32", "bfloat16") for op in ("down", "up", "ffn")
+                for d in (0.5, 0.1)]
     assert [(r["dtype"], r["op"], r["density"]) for r in rows] == expected
     for r in rows:
         assert r["active"] == round(r["density"] * 256)
@@ -24,7 +25,7 @@ def test_cli_writes_csv_with_machine_info(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_ffn, "QUICK", dict(d_model=32, d_ff=128, repeats=1))
     assert bench.main(["ffn", "--quick", "--out", str(tmp_path)]) == 0
     rows, meta = bench.read_csv(tmp_path / "ffn_bench_cpu_quick.csv")
-    assert len(rows) == 2 * 2 * len(bench_ffn.DENSITIES)  # 2 dtypes × 2 ops
+    assert len(rows) == 2 * 3 * len(bench_ffn.DENSITIES)  # 2 dtypes × 3 ops
     assert {"cpu", "bandwidth_GBs", "command", "date"} <= set(meta)
     assert meta["command"].endswith("--quick --out " + str(tmp_path))
 

@@ -74,6 +74,64 @@ def test_bf16_accumulates_in_fp32(fn, backend):
     torch.testing.assert_close(got.float(), expected, rtol=1e-2, atol=2e-2)  # one bf16 rounding
 
 
+def _fused_problem(d_ff, d_model, d_out, k, dtype=torch.float64, index_dtype=torch.int64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W1, b1 = torch.randn(d_ff, d_model, generator=g, dtype=dtype), torch.randn(d_ff, generator=g, dtype=dtype)
+    W2t, x = torch.randn(d_ff, d_out, generator=g, dtype=dtype), torch.randn(d_model, generator=g, dtype=dtype)
+    idx = torch.randperm(d_ff, generator=g)[:k].sort().values.to(index_dtype)
+    return W1, b1, W2t, x, idx
+
+
+@given(d_ff=st.integers(1, 40), d_model=st.integers(1, 50), d_out=st.integers(1, 30),
+       frac=st.floats(0, 1), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([torch.float32, torch.float64]),
+       index_dtype=st.sampled_from([torch.int32, torch.int64]),
+       activation=st.sampled_from(["relu", "gelu"]))
+def test_fused_ffn_matches_the_dense_ffn_on_the_active_neurons(d_ff, d_model, d_out, frac, seed,
+                                                              dtype, index_dtype, activation):
+    W1, b1, W2t, x, idx = _fused_problem(d_ff, d_model, d_out, int(frac * d_ff), dtype, index_dtype, seed)
+    mask = torch.zeros(d_ff, dtype=dtype)
+    mask[idx.long()] = 1
+    act = torch.relu if activation == "relu" else torch.nn.functional.gelu
+    expected = (act(W1 @ x + b1) * mask) @ W2t  # oracle: the dense FFN with inactive units zeroed
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    for backend in ("cpu", "ref"):
+        torch.testing.assert_close(ffn.fused_ffn(W1, b1, W2t, x, idx, activation, backend=backend),
+                                   expected, **tol)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_fused_ffn_triton_interpreter_and_bf16(activation):
+    W1, b1, W2t, x, idx = _fused_problem(48, 40, 24, 21, dtype=torch.float32)
+    cpu = ffn.fused_ffn(W1, b1, W2t, x, idx, activation, backend="cpu")
+    torch.testing.assert_close(ffn.fused_ffn(W1, b1, W2t, x, idx, activation, backend="triton"), cpu,
+                               rtol=1e-5, atol=1e-5)
+    bf = [t.bfloat16() for t in (W1, b1, W2t, x)]
+    expected = ffn.fused_ffn_ref(*(t.float() for t in bf), idx, activation)
+    for backend in ("cpu", "triton"):  # bf16 in, fp32 accumulation, one bf16 rounding out
+        got = ffn.fused_ffn(*bf, idx, activation, backend=backend)
+        assert got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), expected, rtol=1e-2, atol=5e-2)
+
+
+def test_fused_ffn_bad_inputs_name_the_invariant():
+    W1, b1, W2t, x, idx = _fused_problem(8, 5, 3, 3)
+    with pytest.raises(ValueError, match="W2t must be"):
+        ffn.fused_ffn(W1, b1, W2t[:7], x, idx)
+    with pytest.raises(ValueError, match="b1 must have shape"):
+        ffn.fused_ffn(W1, b1[:7], W2t, x, idx)
+    with pytest.raises(TypeError, match="share a dtype"):
+        ffn.fused_ffn(W1, b1, W2t.float(), x, idx)
+    with pytest.raises(ValueError, match="activation"):
+        ffn.fused_ffn(W1, b1, W2t, x, idx, "tanh")
+    with pytest.raises(ValueError, match="out of range"):
+        ffn.fused_ffn(W1, b1, W2t, x, torch.tensor([8]))
+    with pytest.raises(ValueError, match="length 5"):
+        ffn.fused_ffn(W1, b1, W2t, x[:4], idx)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        ffn.fused_ffn(W1, b1, W2t.numpy(), x, idx)
+
+
 def test_row_kernel_accumulates_in_the_values_dtype_not_float64():
     # A literal 0 as the accumulators' start made numba promote float32 to float64, which halved
     # the vector width of the fp32 and bf16 row GEMVs; the zero must keep the values' dtype.
