@@ -362,78 +362,10 @@ def _cpu_arrays(name, W, v, idx):
 
 # --------------------------------------------------------------------------- Triton tier
 
-_TRITON = {}
-
-
 def _triton_kernels():
-    """Compile the Triton kernels once (``course_lib.spmm`` sets ``TRITON_INTERPRET`` on CPU)."""
-    if not _TRITON:
-        from . import spmm  # noqa: F401  (sets TRITON_INTERPRET=1 when no CUDA device exists)
-        import triton
-        import triton.language as tl
-
-        @triton.jit
-        def gather_kernel(Wt, v, idx, out, K, N, stride_w,
-                          BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-            # program (n-block, k-block): BLOCK_K active rows × BLOCK_N outputs, atomically added.
-            cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-            ks = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
-            kmask = ks < K
-            nmask = cols < N
-            rows = tl.load(idx + ks, mask=kmask, other=0).to(tl.int64)
-            s = tl.load(v + rows, mask=kmask, other=0.0).to(tl.float32)
-            w = tl.load(Wt + rows[:, None] * stride_w + cols[None, :],
-                        mask=kmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
-            tl.atomic_add(out + cols, tl.sum(w * s[:, None], axis=0), mask=nmask)
-
-        @triton.jit
-        def row_kernel(W, x, idx, out, K, N, stride_w,
-                       BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-            # program k-block: BLOCK_K active rows, dot products accumulated over BLOCK_N chunks.
-            ks = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-            kmask = ks < K
-            rows = tl.load(idx + ks, mask=kmask, other=0).to(tl.int64)
-            acc = tl.zeros((BLOCK_K,), dtype=tl.float32)
-            for start in range(0, N, BLOCK_N):
-                cols = start + tl.arange(0, BLOCK_N)
-                nmask = cols < N
-                xv = tl.load(x + cols, mask=nmask, other=0.0).to(tl.float32)
-                w = tl.load(W + rows[:, None] * stride_w + cols[None, :],
-                            mask=kmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
-                acc += tl.sum(w * xv[None, :], axis=1)
-            tl.store(out + ks, acc, mask=kmask)
-
-        @triton.jit
-        def fused_kernel(W1, b1, W2t, x, idx, out, K, N1, N2, stride_1, stride_2,
-                         GELU: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr):
-            # program k-block: the hidden values of BLOCK_K active neurons (as row_kernel, plus
-            # bias and activation), then their W2t rows added atomically (as gather_kernel).
-            ks = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
-            kmask = ks < K
-            rows = tl.load(idx + ks, mask=kmask, other=0).to(tl.int64)
-            h = tl.zeros((BLOCK_K,), dtype=tl.float32)
-            for start in range(0, N1, BLOCK_N):
-                cols = start + tl.arange(0, BLOCK_N)
-                nmask = cols < N1
-                xv = tl.load(x + cols, mask=nmask, other=0.0).to(tl.float32)
-                w = tl.load(W1 + rows[:, None] * stride_1 + cols[None, :],
-                            mask=kmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
-                h += tl.sum(w * xv[None, :], axis=1)
-            h += tl.load(b1 + rows, mask=kmask, other=0.0).to(tl.float32)
-            if GELU:
-                h = 0.5 * h * (1.0 + tl.math.erf(h * 0.7071067811865476))
-            else:
-                h = tl.maximum(h, 0.0)
-            h = tl.where(kmask, h, 0.0)
-            for start in range(0, N2, BLOCK_N):
-                cols = start + tl.arange(0, BLOCK_N)
-                nmask = cols < N2
-                w = tl.load(W2t + rows[:, None] * stride_2 + cols[None, :],
-                            mask=kmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
-                tl.atomic_add(out + cols, tl.sum(w * h[:, None], axis=0), mask=nmask)
-
-        _TRITON.update(gather=gather_kernel, row=row_kernel, fused=fused_kernel, cdiv=triton.cdiv)
-    return _TRITON
+    """The Triton kernels (``course_lib._ffn_triton``), imported on first use."""
+    from . import _ffn_triton
+    return _ffn_triton
 
 
 # --------------------------------------------------------------------------- dispatch
@@ -474,8 +406,8 @@ def gather_gemv(Wt: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *,
     out = torch.zeros(N, dtype=torch.float32, device=Wt.device)
     if K:
         BLOCK_K, BLOCK_N = 32, 128
-        grid = (kern["cdiv"](N, BLOCK_N), kern["cdiv"](K, BLOCK_K))
-        kern["gather"][grid](Wt, v, idx, out, K, N, Wt.stride(0), BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
+        grid = (kern.cdiv(N, BLOCK_N), kern.cdiv(K, BLOCK_K))
+        kern.gather_kernel[grid](Wt, v, idx, out, K, N, Wt.stride(0), BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
     return out.to(Wt.dtype)
 
 
@@ -499,7 +431,7 @@ def row_gemv(W: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, *,
     out = torch.zeros(K, dtype=torch.float32, device=W.device)
     if K:
         BLOCK_K, BLOCK_N = 32, 128
-        kern["row"][(kern["cdiv"](K, BLOCK_K),)](W, x, idx, out, K, N, W.stride(0),
+        kern.row_kernel[(kern.cdiv(K, BLOCK_K),)](W, x, idx, out, K, N, W.stride(0),
                                                  BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
     return out.to(W.dtype)
 
@@ -535,7 +467,7 @@ def fused_ffn(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, x: torch.Te
     out = torch.zeros(W2t.shape[1], dtype=torch.float32, device=W1.device)
     if K:
         BLOCK_K, BLOCK_N = 32, 128
-        kern["fused"][(kern["cdiv"](K, BLOCK_K),)](
+        kern.fused_kernel[(kern.cdiv(K, BLOCK_K),)](
             W1, b1, W2t, x, idx, out, K, W1.shape[1], W2t.shape[1], W1.stride(0), W2t.stride(0),
             GELU=activation == "gelu", BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
     return out.to(W1.dtype)
