@@ -114,6 +114,19 @@ def test_fused_ffn_triton_interpreter_and_bf16(activation):
         torch.testing.assert_close(got.float(), expected, rtol=1e-2, atol=5e-2)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "triton", "ref"])
+def test_fused_ffn_edge_shapes(backend):
+    b1 = torch.arange(6.0) - 2  # relu(b1) at the active neurons 0, 3, 5: 0, 1, 3
+    idx = torch.tensor([0, 3, 5])
+    got = ffn.fused_ffn(torch.zeros(6, 0), b1, torch.ones(6, 3), torch.zeros(0), idx, backend=backend)
+    torch.testing.assert_close(got, torch.full((3,), 4.0))  # d_model = 0: h = act(b1)
+    assert ffn.fused_ffn(torch.ones(6, 2), b1, torch.ones(6, 0), torch.ones(2), idx,
+                         backend=backend).shape == (0,)  # d_out = 0
+    empty = torch.empty(0, dtype=torch.int32)
+    torch.testing.assert_close(ffn.fused_ffn(torch.ones(6, 2), b1, torch.ones(6, 3), torch.ones(2),
+                                             empty, backend=backend), torch.zeros(3))
+
+
 def test_fused_ffn_bad_inputs_name_the_invariant():
     W1, b1, W2t, x, idx = _fused_problem(8, 5, 3, 3)
     with pytest.raises(ValueError, match="W2t must be"):
