@@ -360,6 +360,13 @@ def _cpu_arrays(name, W, v, idx):
     return Wn, v.detach().contiguous().numpy(), idx.contiguous().numpy(), Wn.dtype
 
 
+def _as_tensor(out: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """The kernel's output as a tensor of ``dtype``, converted only if it differs (bf16): even a
+    no-op ``.to()`` costs ~30 µs when the caches are cold, as between the layers of a decode."""
+    t = torch.from_numpy(out)
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 # --------------------------------------------------------------------------- Triton tier
 
 def _triton_kernels():
@@ -398,7 +405,7 @@ def gather_gemv(Wt: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, *,
         size = TEAM.size()
         partial = np.zeros((size, W.shape[1]), dtype=acc_dtype)
         TEAM.run(_gather_gemv_cpu, W, vv, ii, partial, out, size=size)
-        return torch.from_numpy(out).to(Wt.dtype)
+        return _as_tensor(out, Wt.dtype)
     _check_range("gather_gemv", idx, Wt.shape[0])
     kern = _triton_kernels()
     Wt, v, idx = Wt.contiguous(), v.contiguous(), idx.contiguous()
@@ -423,7 +430,7 @@ def row_gemv(W: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, *,
         _check_range("row_gemv", ii, WW.shape[0])
         out = np.zeros(ii.shape[0], dtype=acc_dtype)
         TEAM.run(_row_gemv_cpu, WW, xx, ii, out)
-        return torch.from_numpy(out).to(W.dtype)
+        return _as_tensor(out, W.dtype)
     _check_range("row_gemv", idx, W.shape[0])
     kern = _triton_kernels()
     W, x, idx = W.contiguous(), x.contiguous(), idx.contiguous()
@@ -459,7 +466,7 @@ def fused_ffn(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, x: torch.Te
         partial = np.zeros((size, W2n.shape[1]), dtype=acc_dtype)
         TEAM.run(_fused_ffn_cpu, W1n, bb, W2n, xx, ii, _ACT_CODES[activation], partial, out,
                  size=size)
-        return torch.from_numpy(out).to(W1.dtype)
+        return _as_tensor(out, W1.dtype)
     _check_range("fused_ffn", idx, W1.shape[0])
     kern = _triton_kernels()
     W1, b1, W2t, x, idx = W1.contiguous(), b1.contiguous(), W2t.contiguous(), x.contiguous(), idx.contiguous()
