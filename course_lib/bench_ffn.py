@@ -22,9 +22,10 @@ beyond it, i.e. how close the kernel streams to the bound once it runs.
 
 An isolated call after a cache flush is the pessimistic case. A decode step runs the same op in
 layer after layer, so ``loop_ms`` and ``loop_share`` time a **decode pass**: the op on ``layers``
-distinct weight matrices back to back (copies of the same values in separate memory, each larger
+distinct layers' weights back to back (copies of the same values in separate memory, each larger
 than the caches, so no layer finds another's rows cached), a fresh active set for each, the
-probes after each pass. Python's and numba's state stays warm; the weights do not.
+probes after each pass (``loop_bandwidth_GBs``). Python's and numba's state stays warm; the
+weights do not.
 """
 
 from __future__ import annotations
@@ -123,6 +124,7 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
                     "bandwidth_GBs": measured.bandwidth_GBs, "share_of_bound": measured.share,
                     "call_ms": call_s * 1e3, "share_beyond_call": measured.share_beyond(call_s),
                     "loop_ms": loop.timing.median / layers * 1e3, "loop_share": loop.share,
+                    "loop_bandwidth_GBs": loop.bandwidth_GBs,
                 })
     return rows, bandwidth
 

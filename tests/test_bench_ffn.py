@@ -18,7 +18,7 @@ def test_run_reports_every_density_and_consistent_ratios():
         assert r["bound"] == pytest.approx(1 / r["density"])
         assert r["share_of_bound"] > 0 and r["bandwidth_GBs"] > 0  # pairing: tests/test_bench.py
         assert r["call_ms"] > 0 and r["share_beyond_call"] > r["share_of_bound"]
-        assert r["loop_ms"] > 0 and r["loop_share"] > 0
+        assert r["loop_ms"] > 0 and r["loop_share"] > 0 and r["loop_bandwidth_GBs"] > 0
 
 
 def test_cli_writes_csv_with_machine_info(tmp_path, monkeypatch):
