@@ -79,7 +79,7 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
             ("up", lambda x: torch.mv(W1, x), lambda L, x, i: ffn.row_gemv(L[0], x, i),
              lambda x, i: ffn.row_gemv_ref(W1, x, i), d_model, 1),
             ("ffn", lambda x: torch.mv(W2, torch.relu(torch.mv(W1, x) + b1)),
-             lambda L, x, i: ffn.fused_ffn(*L[:3], x, i),
+             lambda L, x, i: ffn.fused_ffn(*L, x, i),
              lambda x, i: ffn.fused_ffn_ref(W1, b1, W2t, x, i), d_model, 2),
         ):
             dense = bench.measure(dense_fn, vec(vec_len), repeats=repeats, device=device)
