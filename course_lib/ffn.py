@@ -349,15 +349,20 @@ def _fused_ffn_cpu(W1, b1, W2t, x, idx, code, partial, out, tid, state):  # prag
 _CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
 
 
+def _numpy_view(t: torch.Tensor) -> np.ndarray:
+    """A tensor's values as a NumPy view for the numba kernels (bf16 as its uint16 bits: numba
+    has no bf16, the kernels widen the bits to float32)."""
+    t = t.detach().contiguous()
+    return t.view(torch.int16).numpy().view(np.uint16) if t.dtype == torch.bfloat16 else t.numpy()
+
+
 def _cpu_arrays(name, W, v, idx):
-    """NumPy views for the numba kernels (bf16 as its uint16 bits) and the output dtype."""
+    """NumPy views of ``W``, ``v``, ``idx`` for the numba kernels, and the output dtype."""
     if W.dtype not in _CPU_DTYPES:
         raise TypeError(f"{name}: the CPU kernel supports float32/float64/bfloat16, got {W.dtype}")
-    if W.dtype == torch.bfloat16:  # numba has no bf16: pass the bits, accumulate in float32
-        bits = lambda t: t.detach().contiguous().view(torch.int16).numpy().view(np.uint16)  # noqa: E731
-        return bits(W), bits(v), idx.contiguous().numpy(), np.float32
-    Wn = W.detach().contiguous().numpy()
-    return Wn, v.detach().contiguous().numpy(), idx.contiguous().numpy(), Wn.dtype
+    Wn = _numpy_view(W)
+    acc_dtype = np.float32 if Wn.dtype == np.uint16 else Wn.dtype  # bf16 accumulates in float32
+    return Wn, _numpy_view(v), idx.contiguous().numpy(), acc_dtype
 
 
 def _as_tensor(out: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -459,7 +464,7 @@ def fused_ffn(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, x: torch.Te
         return fused_ffn_ref(W1, b1, W2t, x, idx, activation)
     if backend == "cpu":
         W1n, xx, ii, acc_dtype = _cpu_arrays("fused_ffn", W1, x, idx)
-        W2n, bb, _, _ = _cpu_arrays("fused_ffn", W2t, b1, idx)
+        W2n, bb = _numpy_view(W2t), _numpy_view(b1)  # same dtype as W1 (checked)
         _check_range("fused_ffn", ii, W1n.shape[0])
         out = np.empty(W2n.shape[1], dtype=acc_dtype)
         size = TEAM.size()
