@@ -52,6 +52,14 @@ def _dtypes(device: str) -> list[torch.dtype]:
     return [torch.float32, torch.bfloat16]
 
 
+def decode_layers(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor,
+                  layers: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The ``(W1, b1, W2t)`` of a decode pass's ``layers`` layers: the first is the given one, the
+    others copies of its weight matrices in separate memory, so that no layer can find another's
+    rows in a cache (``b1`` is shared: ``d_ff`` values, read once per active row)."""
+    return [(W1, b1, W2t)] + [(W1.clone(), b1, W2t.clone()) for _ in range(layers - 1)]
+
+
 def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
         densities=DENSITIES, seed: int = 0, probe_bytes: int = 512 * 2**20,
         layers: int = 8) -> tuple[list[dict], float]:
@@ -65,8 +73,7 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
 
         W1, b1, W2t = weights(d_ff, d_model), weights(d_ff), weights(d_ff, d_model)
         W2 = W2t.t().contiguous()
-        # a decode pass's distinct layers (W1, b1, W2t): copies in separate memory
-        stack = [(W1, b1, W2t)] + [(W1.clone(), b1, W2t.clone()) for _ in range(layers - 1)]
+        stack = decode_layers(W1, b1, W2t, layers)
         itemsize = W1.element_size()
 
         def vec(n):

@@ -21,6 +21,16 @@ def test_run_reports_every_density_and_consistent_ratios():
         assert r["loop_ms"] > 0 and r["loop_share"] > 0 and r["loop_bandwidth_GBs"] > 0
 
 
+def test_decode_layers_are_equal_copies_in_separate_memory():
+    import torch
+    W1, b1, W2t = torch.randn(6, 4), torch.randn(6), torch.randn(6, 4)
+    layers = bench_ffn.decode_layers(W1, b1, W2t, 3)
+    assert len(layers) == 3 and layers[0][0] is W1
+    pointers = [w.data_ptr() for layer in layers for w in (layer[0], layer[2])]
+    assert len(set(pointers)) == len(pointers)  # no two weight matrices share memory
+    assert all(torch.equal(layer[0], W1) and torch.equal(layer[2], W2t) for layer in layers)
+
+
 def test_cli_writes_csv_with_machine_info(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_ffn, "QUICK", dict(d_model=32, d_ff=128, repeats=1))
     assert bench.main(["ffn", "--quick", "--out", str(tmp_path)]) == 0
