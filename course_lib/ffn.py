@@ -37,7 +37,7 @@ from numba.core import types
 from numba.extending import intrinsic, overload
 from torch import nn
 
-from ._numba import TEAM, chunk_done, claim, numba, prefetch, wait_done
+from ._numba import TEAM, chunk_count, chunk_done, next_chunk, numba, prefetch, wait_done
 
 __all__ = [
     "gather_gemv", "gather_gemv_ref", "row_gemv", "row_gemv_ref", "fused_ffn", "fused_ffn_ref",
@@ -169,19 +169,6 @@ _ROWS_PER_CHUNK = 32  # active rows a team thread claims at once (a multiple of 
 
 
 @numba.njit(inline="always")
-def _nchunks(k):  # pragma: no cover - compiled
-    return (k + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK
-
-
-@numba.njit(inline="always")
-def _next_chunk(state, k):  # pragma: no cover - compiled
-    # The positions [p, hi) of the next chunk of the k active rows this thread claims
-    # (course_lib._numba's protocol), or p = -1 when every chunk is taken.
-    c = claim(state, _nchunks(k))
-    return (c * _ROWS_PER_CHUNK, min(k, (c + 1) * _ROWS_PER_CHUNK)) if c >= 0 else (-1, -1)
-
-
-@numba.njit(inline="always")
 def _prefetch_rows(W, idx, lo, hi):  # pragma: no cover - compiled
     # The hardware prefetcher stops at 4 KiB page boundaries, and the active rows are scattered:
     # ask for the first line of every page of the rows idx[lo:hi] before they are needed.
@@ -262,7 +249,7 @@ def _gather_gemv_cpu(Wt, v, idx, partial, out, tid, state):  # pragma: no cover 
     # a time (eight memory streams in flight) while the next eight rows are prefetched. The
     # caller (tid 0) then sums the partials.
     k, acc = idx.shape[0], partial[tid]
-    p, hi = _next_chunk(state, k)
+    p, hi = next_chunk(state, k, _ROWS_PER_CHUNK)
     while p >= 0:
         while p + 8 <= hi:
             _axpy8(acc, Wt, idx, p, (_value(v[idx[p]]), _value(v[idx[p + 1]]),
@@ -273,9 +260,9 @@ def _gather_gemv_cpu(Wt, v, idx, partial, out, tid, state):  # pragma: no cover 
         for q in range(p, hi):
             _axpy(acc, Wt[idx[q]], _value(v[idx[q]]))
         chunk_done(state)
-        p, hi = _next_chunk(state, k)
+        p, hi = next_chunk(state, k, _ROWS_PER_CHUNK)
     if tid == 0:
-        wait_done(state, _nchunks(k))
+        wait_done(state, chunk_count(k, _ROWS_PER_CHUNK))
         _sum_partials(partial, out)
 
 
@@ -284,7 +271,7 @@ def _row_gemv_cpu(W, x, idx, out, tid, state):  # pragma: no cover - compiled
     # Team threads claim chunks of the active list; eight rows at a time share each load of x
     # (eight concurrent row streams, the next eight prefetched).
     k = idx.shape[0]
-    p, hi = _next_chunk(state, k)
+    p, hi = next_chunk(state, k, _ROWS_PER_CHUNK)
     while p >= 0:
         while p + 8 <= hi:
             out[p], out[p + 1], out[p + 2], out[p + 3], \
@@ -293,9 +280,9 @@ def _row_gemv_cpu(W, x, idx, out, tid, state):  # pragma: no cover - compiled
         for q in range(p, hi):
             out[q] = _dot(W[idx[q]], x)
         chunk_done(state)
-        p, hi = _next_chunk(state, k)
+        p, hi = next_chunk(state, k, _ROWS_PER_CHUNK)
     if tid == 0:
-        wait_done(state, _nchunks(k))
+        wait_done(state, chunk_count(k, _ROWS_PER_CHUNK))
 
 
 _RELU, _GELU = 0, 1  # activation codes of the fused kernel (``activation`` names in _ACT_CODES)
@@ -330,7 +317,7 @@ def _fused_ffn_cpu(W1, b1, W2t, x, idx, code, partial, out, tid, state):  # prag
     # the activation, then their W2t rows (accumulated into partial[tid], split-K as in
     # _gather_gemv_cpu). The hidden values never leave registers; each weight row is read once.
     k, acc = idx.shape[0], partial[tid]
-    p, hi = _next_chunk(state, k)
+    p, hi = next_chunk(state, k, _ROWS_PER_CHUNK)
     while p >= 0:
         while p + 8 <= hi:
             s0, s1, s2, s3, s4, s5, s6, s7 = _dots8(W1, idx, p, x)
@@ -347,9 +334,9 @@ def _fused_ffn_cpu(W1, b1, W2t, x, idx, code, partial, out, tid, state):  # prag
             i = idx[q]
             _axpy(acc, W2t[i], _act(_dot(W1[i], x) + _value(b1[i]), code))
         chunk_done(state)
-        p, hi = _next_chunk(state, k)
+        p, hi = next_chunk(state, k, _ROWS_PER_CHUNK)
     if tid == 0:
-        wait_done(state, _nchunks(k))
+        wait_done(state, chunk_count(k, _ROWS_PER_CHUNK))
         _sum_partials(partial, out)
 
 

@@ -30,7 +30,7 @@ import torch
 if not torch.cuda.is_available():  # must precede every @triton.jit below (read at decoration time)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from ._numba import TEAM, chunk_done, claim, numba, wait_done  # noqa: E402  (shared CPU threading)
+from ._numba import TEAM, chunk_count, chunk_done, next_chunk, numba, wait_done  # noqa: E402  (shared CPU threading)
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
@@ -218,10 +218,9 @@ _ROWS_PER_CHUNK = 64
 def _csr_spmm_rows(indptr, indices, data, B, C, tid, state):  # pragma: no cover  (compiled)
     """C[i, :] += data[p] · B[indices[p], :] for p in row i; chunks of rows claimed by the team."""
     m = C.shape[0]
-    nchunks = (m + _ROWS_PER_CHUNK - 1) // _ROWS_PER_CHUNK
-    c = claim(state, nchunks)
-    while c >= 0:
-        for i in range(c * _ROWS_PER_CHUNK, min(m, (c + 1) * _ROWS_PER_CHUNK)):
+    lo, hi = next_chunk(state, m, _ROWS_PER_CHUNK)
+    while lo >= 0:
+        for i in range(lo, hi):
             Ci = C[i]
             p, end = indptr[i], indptr[i + 1]
             while p + 8 <= end:  # eight nonzeros per pass over the C row
@@ -238,9 +237,9 @@ def _csr_spmm_rows(indptr, indices, data, B, C, tid, state):  # pragma: no cover
                 for j in range(Ci.shape[0]):
                     Ci[j] += a * b[j]
         chunk_done(state)
-        c = claim(state, nchunks)
+        lo, hi = next_chunk(state, m, _ROWS_PER_CHUNK)
     if tid == 0:
-        wait_done(state, nchunks)
+        wait_done(state, chunk_count(m, _ROWS_PER_CHUNK))
 
 
 def spmm_cpu_fast(A, B: np.ndarray) -> np.ndarray:

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from course_lib._numba import (TEAM, Team, chunk_done, claim, fetch_add, load_acquire, numba,
-                               prefetch, wait_done)
+from course_lib._numba import (TEAM, Team, chunk_count, chunk_done, claim, fetch_add,
+                               load_acquire, next_chunk, numba, prefetch, wait_done)
 
 
 @numba.njit(nogil=True)
@@ -19,6 +19,20 @@ def _count_chunks(counts, owner, tid, state):
         c = claim(state, nchunks)
     if tid == 0:
         wait_done(state, nchunks)
+
+
+@numba.njit(nogil=True)
+def _count_items(counts, per_chunk, tid, state):
+    # next_chunk's ranges cover every item exactly once
+    n = counts.shape[0]
+    lo, hi = next_chunk(state, n, per_chunk)
+    while lo >= 0:
+        for i in range(lo, hi):
+            counts[i] += 1
+        chunk_done(state)
+        lo, hi = next_chunk(state, n, per_chunk)
+    if tid == 0:
+        wait_done(state, chunk_count(n, per_chunk))
 
 
 @numba.njit
@@ -68,3 +82,11 @@ def test_team_size_follows_numba_threads():
         assert (counts == 1).all() and (owner == 0).all()  # no helper with one thread
     finally:
         numba.set_num_threads(n)
+
+
+@pytest.mark.parametrize("n, per_chunk", [(0, 4), (1, 4), (7, 4), (8, 4), (1000, 32)])
+def test_next_chunk_ranges_cover_every_item_once(n, per_chunk):
+    for size in (1, 2, 3):
+        counts = np.zeros(n, np.int64)
+        Team().run(_count_items, counts, per_chunk, size=size)
+        assert (counts == 1).all()
