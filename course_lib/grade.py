@@ -103,8 +103,38 @@ class _Collector:
             report.course_error = _first_line(str(call.excinfo.value)) or call.excinfo.typename
 
 
+_KERNEL_START_ATTEMPTS = 3
+
+
+def retry_kernel_start() -> None:
+    """Make nbval start a notebook's kernel up to three times before it reports a failure.
+
+    jupyter_client picks free TCP ports, closes them and passes them to the new kernel; a kernel
+    started at the same moment elsewhere (pytest-xdist workers, two graders) can take one first,
+    and the new kernel dies before running anything ("Kernel died before replying to
+    kernel_info", jupyter/jupyter_client#154). No notebook code has run then, so starting again
+    changes no result. Idempotent; used by :func:`run_notebooks` and the test suite.
+    """
+    from nbval import kernel
+    start = kernel.start_new_kernel
+    if getattr(start, "course_retries", False):
+        return
+
+    def start_new_kernel(*args, **kwargs):
+        for attempt in range(1, _KERNEL_START_ATTEMPTS + 1):
+            try:
+                return start(*args, **kwargs)
+            except RuntimeError:  # died or timed out while starting; nbval has shut it down
+                if attempt == _KERNEL_START_ATTEMPTS:
+                    raise
+
+    start_new_kernel.course_retries = True
+    kernel.start_new_kernel = start_new_kernel
+
+
 def run_notebooks(notebooks: list[Path], timeout: int) -> list[dict]:
     """Execute the notebooks with nbval and return one record per cell."""
+    retry_kernel_start()
     collector = _Collector()
     args = [str(p) for p in notebooks] + [
         "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={timeout}",

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import nbformat
+import pytest
 from gradelib import ROOT, grade
 
 
@@ -74,3 +75,32 @@ def test_failing_solution_cell_is_reported_before_the_check(tmp_path):
     nbformat.write(nb, path)
     _, data, _ = grade(path)
     assert data["results"][0]["feedback"] == "your solution cell failed: ZeroDivisionError: division by zero"
+
+
+def test_kernel_start_is_retried_when_the_kernel_dies_while_starting(monkeypatch):
+    from nbval import kernel
+
+    from course_lib import grade as grade_module
+    calls = []
+
+    def flaky_start(*args, **kwargs):  # dies twice (a port taken meanwhile), then starts
+        calls.append(args)
+        if len(calls) < 3:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        return "km", "kc"
+
+    monkeypatch.setattr(kernel, "start_new_kernel", flaky_start)
+    grade_module.retry_kernel_start()
+    grade_module.retry_kernel_start()  # idempotent: one retry layer, not two
+    assert kernel.start_new_kernel("python") == ("km", "kc") and len(calls) == 3
+
+    def dead_start(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("Kernel died before replying to kernel_info")
+
+    monkeypatch.setattr(kernel, "start_new_kernel", dead_start)
+    grade_module.retry_kernel_start()
+    calls.clear()
+    with pytest.raises(RuntimeError, match="Kernel died"):
+        kernel.start_new_kernel("python")
+    assert len(calls) == 3  # gives up after three attempts
