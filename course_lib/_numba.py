@@ -153,12 +153,14 @@ class Team:
         """Threads a call uses: numba's thread count (``numba.set_num_threads`` sets it)."""
         return numba.get_num_threads()
 
-    def run(self, kernel, *args, size: int | None = None) -> None:
+    def run(self, kernel, *args, size: int | None = None, slots: int = 2) -> None:
         """``kernel(*args, tid, state)`` on every team thread; returns when all chunks are done.
 
+        ``state`` is ``slots`` zeroed int64 counters: ``[chunks claimed, chunks finished]`` for
+        one piece of work, more for a kernel that runs several in turn (a pair per piece).
         ``kernel`` must be compiled with ``nogil=True`` so that the threads run at once."""
         size = self.size() if size is None else size
-        state = np.zeros(2, dtype=np.int64)  # [chunks claimed, chunks finished]
+        state = np.zeros(slots, dtype=np.int64)
         self._ensure_helpers(size - 1)
         for tid in range(1, size):
             self._queues[tid - 1].put((kernel, (*args, tid, state)))

@@ -1,6 +1,6 @@
 """The ``ffn`` benchmark suite: batch-1 decode GEMVs of an FFN with a sparse active set.
 
-``python -m course_lib.bench ffn [--quick] [--device cpu|cuda] [--out DIR]``
+``python -m course_lib.bench ffn [--quick] [--device cpu|cuda] [--plain-pages] [--out DIR]``
 
 The products of a ``d_model × d_ff`` FFN (default 4096 × 16384, as in a 7B-class model), at
 densities 100 (the sparse kernel's own dense rate)/50/25/10/5 %, each call on a **fresh** random
@@ -25,13 +25,19 @@ layer after layer, so ``loop_ms`` and ``loop_share`` time a **decode pass**: the
 distinct layers' weights back to back (copies of the same values in separate memory, each larger
 than the caches, so no layer finds another's rows cached), a fresh active set for each, the
 probes after each pass (``loop_bandwidth_GBs``). Python's and numba's state stays warm; the
-weights do not.
+weights do not. For ``ffn``, ``stack_ms`` and ``stack_share`` time the same pass as **one call**
+(``ffn.fused_ffn_stack``: pre-norm residual blocks, the thread team at a barrier between layers,
+no Python in between), as a compiled decode step runs it.
+
+The layers' weights lie in 2 MiB transparent huge pages (``ffn.empty_huge_pages``);
+``--plain-pages`` puts them in ordinary 4 KiB pages, to measure what the pages are worth.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import math
 import os
 import shlex
 import sys
@@ -52,17 +58,29 @@ def _dtypes(device: str) -> list[torch.dtype]:
     return [torch.float32, torch.bfloat16]
 
 
-def decode_layers(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor,
-                  layers: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The ``(W1, b1, W2t)`` of a decode pass's ``layers`` layers: the first is the given one, the
-    others copies of its weight matrices in separate memory, so that no layer can find another's
-    rows in a cache (``b1`` is shared: ``d_ff`` values, read once per active row)."""
-    return [(W1, b1, W2t)] + [(W1.clone(), b1, W2t.clone()) for _ in range(layers - 1)]
+def _copies(t: torch.Tensor, n: int, huge_pages: bool) -> torch.Tensor:
+    """``n`` copies of ``t`` stacked, ``(n, *t.shape)``, on CPU in 2 MiB pages if ``huge_pages``."""
+    if huge_pages and t.device.type == "cpu":
+        out = ffn.empty_huge_pages(n, *t.shape, dtype=t.dtype)
+    else:
+        out = torch.empty(n, *t.shape, dtype=t.dtype, device=t.device)
+    out[:] = t
+    return out
+
+
+def decode_layers(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, layers: int,
+                  huge_pages: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A decode step's ``layers`` layers, stacked: ``W1s``, ``W2ts`` ``(layers, d_ff, d_model)``
+    and ``b1s`` ``(layers, d_ff)``, each layer a copy of the given one in separate memory (so
+    that no layer can find another's rows in a cache), on CPU in 2 MiB pages
+    (``ffn.empty_huge_pages``) unless ``huge_pages`` is false."""
+    return _copies(W1, layers, huge_pages), _copies(b1, layers, huge_pages), \
+        _copies(W2t, layers, huge_pages)
 
 
 def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
         densities=DENSITIES, seed: int = 0, probe_bytes: int = 512 * 2**20,
-        layers: int = 8) -> tuple[list[dict], float]:
+        layers: int = 8, huge_pages: bool = True) -> tuple[list[dict], float]:
     """Measure every (op, dtype, density); returns the rows and the measured bandwidth (GB/s)."""
     gen = torch.Generator().manual_seed(seed)
     bandwidth = bench.memory_bandwidth(nbytes=probe_bytes, device=device)
@@ -71,9 +89,11 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
         def weights(*shape):
             return torch.randn(*shape, generator=gen).to(dtype=dtype, device=device)
 
-        W1, b1, W2t = weights(d_ff, d_model), weights(d_ff), weights(d_ff, d_model)
-        W2 = W2t.t().contiguous()
-        stack = decode_layers(W1, b1, W2t, layers)
+        W1s, b1s, W2ts = decode_layers(weights(d_ff, d_model), weights(d_ff),
+                                       weights(d_ff, d_model), layers, huge_pages)
+        stack = list(zip(W1s, b1s, W2ts))  # the layers as views
+        W1, b1, W2t = stack[0]
+        W2 = _copies(W2t.t(), 1, huge_pages)[0]  # the dense baseline's row-major W2
         itemsize = W1.element_size()
 
         def vec(n):
@@ -118,6 +138,16 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
                     device=device, nbytes=probe_bytes, work_bytes=layers * nbytes)
                 naive = bench.measure(naive_fn, fresh, repeats=max(3, repeats // 4),
                                       device=device)
+                stacked = {"stack_ms": math.nan, "stack_share": math.nan,
+                           "stack_bandwidth_GBs": math.nan}
+                if op == "ffn":  # the same pass as one call: ffn.fused_ffn_stack
+                    run_stack = bench.measure_with_bandwidth(
+                        lambda x, i: ffn.fused_ffn_stack(W1s, b1s, W2ts, x, i),
+                        lambda: (vec(d_model)()[0], [fresh()[1] for _ in stack]), repeats=repeats,
+                        device=device, nbytes=probe_bytes, work_bytes=layers * nbytes)
+                    stacked = {"stack_ms": run_stack.timing.median / layers * 1e3,
+                               "stack_share": run_stack.share,
+                               "stack_bandwidth_GBs": run_stack.bandwidth_GBs}
                 rows.append({
                     "op": op, "dtype": str(dtype).removeprefix("torch."), "d_model": d_model,
                     "d_ff": d_ff, "density": density, "active": k,
@@ -131,14 +161,15 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
                     "bandwidth_GBs": measured.bandwidth_GBs, "share_of_bound": measured.share,
                     "call_ms": call_s * 1e3, "share_beyond_call": measured.share_beyond(call_s),
                     "loop_ms": loop.timing.median / layers * 1e3, "loop_share": loop.share,
-                    "loop_bandwidth_GBs": loop.bandwidth_GBs,
+                    "loop_bandwidth_GBs": loop.bandwidth_GBs, **stacked,
                 })
     return rows, bandwidth
 
 
 def _print_table(rows: list[dict]) -> None:
     cols = ("op", "dtype", "density", "dense_ms", "sparse_ms", "naive_ms", "speedup", "bound",
-            "sparse_GBs", "share_of_bound", "call_ms", "share_beyond_call", "loop_ms", "loop_share")
+            "sparse_GBs", "share_of_bound", "call_ms", "share_beyond_call", "loop_ms", "loop_share",
+            "stack_share")
     print("  ".join(f"{c:>14}" for c in cols))
     for r in rows:
         print("  ".join(f"{r[c]:>14.3f}" if isinstance(r[c], float) else f"{r[c]:>14}" for c in cols))
@@ -149,14 +180,17 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (seconds)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--out", type=Path, help="write ffn_bench_<device>[_quick].csv here")
+    parser.add_argument("--out", type=Path,
+                        help="write ffn_bench_<device>[_quick][_plain].csv here")
+    parser.add_argument("--plain-pages", action="store_true",
+                        help="weights in ordinary 4 KiB pages instead of 2 MiB huge pages")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device is available on this machine", file=sys.stderr)
         return 2
     sizes = QUICK if args.quick else FULL
     load_at_start = os.getloadavg()[0]  # other jobs sharing the cores, recorded with the results
-    rows, bandwidth = run(**sizes, device=args.device)
+    rows, bandwidth = run(**sizes, device=args.device, huge_pages=not args.plain_pages)
     print(f"measured read bandwidth: {bandwidth:.1f} GB/s")
     _print_table(rows)
     if args.out is not None:
@@ -165,7 +199,9 @@ def main(argv=None) -> int:
         meta["load_average_1min"] = f"{load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at end"
         meta["command"] = "python -m course_lib.bench ffn " + shlex.join(
             list(sys.argv[1:] if argv is None else argv))
-        name = f"ffn_bench_{args.device}{'_quick' if args.quick else ''}.csv"
+        meta["pages"] = "4 KiB" if args.plain_pages else "2 MiB (transparent huge pages)"
+        name = (f"ffn_bench_{args.device}{'_quick' if args.quick else ''}"
+                f"{'_plain' if args.plain_pages else ''}.csv")
         print("wrote", bench.write_csv(rows, args.out / name, meta))
     return 0
 

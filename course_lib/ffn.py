@@ -29,6 +29,7 @@ Deja Vu-style predictor of the active set).
 from __future__ import annotations
 
 import math
+import mmap
 
 import numpy as np
 import torch
@@ -37,11 +38,12 @@ from numba.core import types
 from numba.extending import intrinsic, overload
 from torch import nn
 
-from ._numba import TEAM, chunk_count, chunk_done, next_chunk, numba, prefetch, wait_done
+from ._numba import (TEAM, chunk_count, chunk_done, fetch_add, load_acquire, next_chunk, numba,
+                     prefetch, wait_done)
 
 __all__ = [
     "gather_gemv", "gather_gemv_ref", "row_gemv", "row_gemv_ref", "fused_ffn", "fused_ffn_ref",
-    "calibrate_threshold",
+    "fused_ffn_stack", "fused_ffn_stack_ref", "empty_huge_pages", "calibrate_threshold",
     "LowRankPredictor", "SparseFFN", "gemv_bytes",
 ]
 
@@ -119,6 +121,46 @@ def fused_ffn_ref(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, x: torc
     _check_range("fused_ffn_ref", idx, W1.shape[0])
     h = _ACTIVATIONS[activation](W1.index_select(0, idx) @ x + b1[idx])
     return h @ W2t.index_select(0, idx)
+
+
+def _check_stack_args(name: str, W1, b1, W2t, x, idx, activation: str) -> None:
+    for arg, t in (("W1", W1), ("b1", b1), ("W2t", W2t)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
+    if W1.ndim != 3 or W2t.shape != W1.shape or b1.shape != W1.shape[:2]:
+        raise ValueError(f"{name}: need W1 and W2t (layers, d_ff, d_model) and b1 (layers, d_ff), got "
+                         f"{tuple(W1.shape)}, {tuple(W2t.shape)} and {tuple(b1.shape)}")
+    if not isinstance(idx, (list, tuple)) or len(idx) != W1.shape[0]:
+        raise ValueError(f"{name}: idx must be a list of {W1.shape[0]} index tensors (one per layer)")
+    if W1.shape[0]:
+        layer = W1[0], b1[0], W2t[0]  # every layer's arguments as fused_ffn checks them
+        for i in idx:
+            _check_fused_args(name, *layer, x, i, activation)
+    elif not isinstance(x, torch.Tensor) or x.shape != (W1.shape[2],):
+        raise ValueError(f"{name}: x must be a tensor of shape ({W1.shape[2]},)")
+
+
+def _stack_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The residual stream's dtype: float64 for float64 weights, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _rms_normalize_ref(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return x / torch.sqrt(x.square().mean() + eps)
+
+
+def fused_ffn_stack_ref(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, x: torch.Tensor,
+                        idx, activation: str = "relu", eps: float = 1e-6) -> torch.Tensor:
+    """For each layer ``l``: ``x ← x + fused_ffn_ref(W1[l], b1[l], W2t[l], u, idx[l])`` with
+    ``u = x / √(mean(x²) + eps)``, in float32 (float64 for float64 weights); returns ``x``."""
+    _check_stack_args("fused_ffn_stack_ref", W1, b1, W2t, x, idx, activation)
+    acc = _stack_dtype(W1.dtype)
+    x = x.to(acc)
+    for layer, i in enumerate(idx):
+        u = _rms_normalize_ref(x, eps)
+        x = x + fused_ffn_ref(W1[layer].to(acc), b1[layer].to(acc), W2t[layer].to(acc), u, i,
+                              activation)
+    return x.to(W1.dtype)
 
 
 # --------------------------------------------------------------------------- CPU tier (numba)
@@ -311,12 +353,13 @@ def _act(h, code):  # pragma: no cover - compiled
     return _like(0.5 * h * (1.0 + math.erf(h * 0.7071067811865476)), h)
 
 
-@numba.njit(fastmath=True, nogil=True, cache=True)
-def _fused_ffn_cpu(W1, b1, W2t, x, idx, code, partial, out, tid, state):  # pragma: no cover
-    # One pass over the active neurons: for eight at a time, their W1 rows (dot products with x),
-    # the activation, then their W2t rows (accumulated into partial[tid], split-K as in
-    # _gather_gemv_cpu). The hidden values never leave registers; each weight row is read once.
-    k, acc = idx.shape[0], partial[tid]
+@numba.njit(inline="always")
+def _fused_chunks(W1, b1, W2t, x, idx, code, acc, state):  # pragma: no cover - compiled
+    # This thread's share of one sparse FFN layer: it claims chunks of the active list and, for
+    # eight neurons at a time, takes their W1 rows' dot products with x, the activation, then
+    # adds their W2t rows into acc (its split-K partial). The hidden values never leave
+    # registers; each weight row is read once.
+    k = idx.shape[0]
     p, hi = next_chunk(state, k, _ROWS_PER_CHUNK)
     while p >= 0:
         while p + 8 <= hi:
@@ -335,9 +378,54 @@ def _fused_ffn_cpu(W1, b1, W2t, x, idx, code, partial, out, tid, state):  # prag
             _axpy(acc, W2t[i], _act(_dot(W1[i], x) + _value(b1[i]), code))
         chunk_done(state)
         p, hi = next_chunk(state, k, _ROWS_PER_CHUNK)
+
+
+@numba.njit(fastmath=True, nogil=True, cache=True)
+def _fused_ffn_cpu(W1, b1, W2t, x, idx, code, partial, out, tid, state):  # pragma: no cover
+    # One sparse FFN layer, split-K as in _gather_gemv_cpu: the caller sums the partials.
+    _fused_chunks(W1, b1, W2t, x, idx, code, partial[tid], state)
     if tid == 0:
-        wait_done(state, chunk_count(k, _ROWS_PER_CHUNK))
+        wait_done(state, chunk_count(idx.shape[0], _ROWS_PER_CHUNK))
         _sum_partials(partial, out)
+
+
+@numba.njit(inline="always")
+def _rms_normalize(x, u, eps):  # pragma: no cover - compiled
+    # u = x / sqrt(mean(x²) + eps): RMSNorm without a gain (a gain g folds into W1: W1·(g⊙u)).
+    ss = _zero(x)
+    for j in range(x.shape[0]):
+        ss += x[j] * x[j]
+    inv = _like(1.0 / math.sqrt(ss / max(x.shape[0], 1) + eps), ss)
+    for j in range(x.shape[0]):
+        u[j] = x[j] * inv
+
+
+@numba.njit(fastmath=True, nogil=True, cache=True)
+def _fused_ffn_stack_cpu(W1, b1, W2t, x, idx, offsets, code, eps, partial, y, u,
+                         tid, state):  # pragma: no cover - compiled
+    # Every layer in one call, no Python between them: x ← x + FFN_l(u) with u = x / rms(x).
+    # state holds a chunk-counter pair per layer, then the count of layers whose input u is
+    # ready. The caller (tid 0) normalizes x; after each layer it waits for the layer's chunks,
+    # adds the partials to x, clears them and normalizes again. Helpers spin on that count (the
+    # barrier between layers) and so never sleep, or wait on Python, inside a decode step.
+    layers = W1.shape[0]
+    ready = 2 * layers
+    if tid == 0:
+        _rms_normalize(x, u, eps)
+        fetch_add(state, ready, 1)
+    for layer in range(layers):
+        while load_acquire(state, ready) <= layer:
+            pass
+        counters = state[2 * layer:2 * layer + 2]
+        active = idx[offsets[layer]:offsets[layer + 1]]
+        _fused_chunks(W1[layer], b1[layer], W2t[layer], u, active, code, partial[tid], counters)
+        if tid == 0:
+            wait_done(counters, chunk_count(active.shape[0], _ROWS_PER_CHUNK))
+            _sum_partials(partial, y)
+            partial[:] = 0
+            x += y
+            _rms_normalize(x, u, eps)
+            fetch_add(state, ready, 1)
 
 
 _CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
@@ -477,6 +565,70 @@ def fused_ffn(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, x: torch.Te
             W1, b1, W2t, x, idx, out, K, W1.shape[1], W2t.shape[1], W1.stride(0), W2t.stride(0),
             GELU=activation == "gelu", BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
     return out.to(W1.dtype)
+
+
+def fused_ffn_stack(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, x: torch.Tensor,
+                    idx, activation: str = "relu", *, eps: float = 1e-6,
+                    backend: str = "auto") -> torch.Tensor:
+    """The FFN blocks of one decode step, layer after layer in **one call**: for each layer ``l``,
+    ``x ← x + Σ_p act(W1[l, i_p] · u + b1[l, i_p]) · W2t[l, i_p]`` with ``u = x / √(mean(x²) + eps)``
+    (pre-norm residual blocks, RMSNorm without gain) and ``i = idx[l]`` the layer's active neurons.
+
+    ``W1``, ``W2t`` are ``(layers, d_ff, d_model)``, ``b1`` ``(layers, d_ff)``, ``x`` ``(d_model,)``,
+    ``idx`` a list of ``layers`` index tensors, known before the step (from a look-ahead predictor,
+    as in Deja Vu, or a benchmark's random sets). The residual stream stays in float32 (float64
+    for float64 weights) and is returned in the weights' dtype.
+
+    On the CPU the whole stack is one compiled call: the team meets at a spin barrier between
+    layers, so the fixed cost of a call is paid once per step instead of once per layer. The
+    Triton path launches :func:`fused_ffn` per layer (``u`` rounded to the weights' dtype).
+    """
+    _check_stack_args("fused_ffn_stack", W1, b1, W2t, x, idx, activation)
+    backend = _backend(backend, W1)
+    if backend == "ref":
+        return fused_ffn_stack_ref(W1, b1, W2t, x, idx, activation, eps)
+    acc = _stack_dtype(W1.dtype)
+    if backend == "cpu":
+        if W1.dtype not in _CPU_DTYPES:
+            raise TypeError(f"fused_ffn_stack: the CPU kernel supports float32/float64/bfloat16, "
+                            f"got {W1.dtype}")
+        ii = torch.cat(list(idx)).numpy() if idx else np.zeros(0, dtype=np.int64)
+        _check_range("fused_ffn_stack", ii, W1.shape[1])
+        offsets = np.zeros(len(idx) + 1, dtype=np.int64)
+        np.cumsum([i.shape[0] for i in idx], out=offsets[1:])
+        xx = x.detach().to(acc, copy=True).numpy()
+        size = TEAM.size()
+        partial = np.zeros((size, xx.shape[0]), dtype=xx.dtype)
+        TEAM.run(_fused_ffn_stack_cpu, _numpy_view(W1), _numpy_view(b1), _numpy_view(W2t), xx, ii,
+                 offsets, _ACT_CODES[activation], eps, partial, np.empty_like(xx),
+                 np.empty_like(xx), size=size, slots=2 * len(idx) + 1)
+        return _as_tensor(xx, W1.dtype)
+    x = x.to(acc)
+    for layer, i in enumerate(idx):
+        u = _rms_normalize_ref(x, eps).to(W1.dtype)
+        x = x + fused_ffn(W1[layer], b1[layer], W2t[layer], u, i, activation,
+                          backend="triton").to(acc)
+    return x.to(W1.dtype)
+
+
+def empty_huge_pages(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An uninitialized CPU tensor in memory advised for 2 MiB transparent huge pages.
+
+    A sparse decode reads scattered weight rows of a few KiB: with 4 KiB pages each row needs
+    TLB entries of its own (and a page walk costs more in a virtual machine); a 2 MiB page
+    covers hundreds of rows. Linux ``madvise(MADV_HUGEPAGE)`` on a 2 MiB-aligned anonymous map
+    (honoured when /sys/kernel/mm/transparent_hugepage/enabled is ``always`` or ``madvise``);
+    elsewhere a plain ``torch.empty``.
+    """
+    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    if nbytes == 0 or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return torch.empty(*shape, dtype=dtype)
+    huge = 2 * 2**20
+    buf = mmap.mmap(-1, nbytes + huge)  # anonymous, private; freed with the last view of it
+    buf.madvise(mmap.MADV_HUGEPAGE)
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    start = -raw.ctypes.data % huge
+    return torch.from_numpy(raw[start:start + nbytes]).view(dtype).view(shape)
 
 
 def gemv_bytes(rows: int, cols: int, itemsize: int, index_itemsize: int = 0) -> int:

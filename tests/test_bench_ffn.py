@@ -1,5 +1,7 @@
 """course_lib.bench_ffn: the ffn suite runs end to end (tiny sizes) and writes a readable CSV."""
 
+import math
+
 import pytest
 
 from course_lib import bench, bench_ffn
@@ -19,24 +21,32 @@ def test_run_reports_every_density_and_consistent_ratios():
         assert r["share_of_bound"] > 0 and r["bandwidth_GBs"] > 0  # pairing: tests/test_bench.py
         assert r["call_ms"] > 0 and r["share_beyond_call"] > r["share_of_bound"]
         assert r["loop_ms"] > 0 and r["loop_share"] > 0 and r["loop_bandwidth_GBs"] > 0
+        stacked = [r[k] for k in ("stack_ms", "stack_share", "stack_bandwidth_GBs")]
+        # the one-call decode pass exists for the fused FFN only
+        assert all(v > 0 for v in stacked) if r["op"] == "ffn" else all(math.isnan(v) for v in stacked)
 
 
-def test_decode_layers_are_equal_copies_in_separate_memory():
+@pytest.mark.parametrize("huge_pages", [True, False])
+def test_decode_layers_are_equal_copies_in_separate_memory(huge_pages):
     import torch
     W1, b1, W2t = torch.randn(6, 4), torch.randn(6), torch.randn(6, 4)
-    layers = bench_ffn.decode_layers(W1, b1, W2t, 3)
-    assert len(layers) == 3 and layers[0][0] is W1
-    pointers = [w.data_ptr() for layer in layers for w in (layer[0], layer[2])]
-    assert len(set(pointers)) == len(pointers)  # no two weight matrices share memory
-    assert all(torch.equal(layer[0], W1) and torch.equal(layer[2], W2t) for layer in layers)
+    W1s, b1s, W2ts = bench_ffn.decode_layers(W1, b1, W2t, 3, huge_pages)
+    assert W1s.shape == W2ts.shape == (3, 6, 4) and b1s.shape == (3, 6)
+    for stacked, one in ((W1s, W1), (b1s, b1), (W2ts, W2t)):
+        assert all(torch.equal(layer, one) for layer in stacked)
+        assert stacked.data_ptr() != one.data_ptr()  # copies: no layer shares the given memory
 
 
 def test_cli_writes_csv_with_machine_info(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench_ffn, "QUICK", dict(d_model=32, d_ff=128, repeats=1))
+    monkeypatch.setattr(bench_ffn, "QUICK", dict(d_model=32, d_ff=128, repeats=1, layers=2,
+                                                  probe_bytes=16 * 2**20))
     assert bench.main(["ffn", "--quick", "--out", str(tmp_path)]) == 0
     rows, meta = bench.read_csv(tmp_path / "ffn_bench_cpu_quick.csv")
     assert len(rows) == 2 * 3 * len(bench_ffn.DENSITIES)  # 2 dtypes × 3 ops
     assert {"cpu", "bandwidth_GBs", "command", "date"} <= set(meta)
+    assert meta["pages"].startswith("2 MiB")
+    assert bench.main(["ffn", "--quick", "--plain-pages", "--out", str(tmp_path)]) == 0
+    assert bench.read_csv(tmp_path / "ffn_bench_cpu_quick_plain.csv")[1]["pages"] == "4 KiB"
     assert meta["command"].endswith("--quick --out " + str(tmp_path))
 
 

@@ -145,6 +145,111 @@ def test_fused_ffn_bad_inputs_name_the_invariant():
         ffn.fused_ffn(W1, b1, W2t.numpy(), x, idx)
 
 
+def _stack_problem(layers, d_ff, d_model, sizes, dtype=torch.float64, index_dtypes=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    W1 = torch.randn(layers, d_ff, d_model, generator=g, dtype=dtype)
+    b1 = torch.randn(layers, d_ff, generator=g, dtype=dtype)
+    W2t = torch.randn(layers, d_ff, d_model, generator=g, dtype=dtype)
+    x = torch.randn(d_model, generator=g, dtype=dtype)
+    index_dtypes = index_dtypes or [torch.int64] * layers
+    idx = [torch.randperm(d_ff, generator=g)[:k].sort().values.to(it)
+           for k, it in zip(sizes, index_dtypes)]
+    return W1, b1, W2t, x, idx
+
+
+def _dense_stack(W1, b1, W2t, x, idx, activation, eps=1e-6):
+    # oracle: per layer, the dense FFN on the normalized input with inactive units zeroed
+    act = torch.relu if activation == "relu" else torch.nn.functional.gelu
+    for layer, i in enumerate(idx):
+        u = x / torch.sqrt((x * x).mean() + eps)
+        mask = torch.zeros(W1.shape[1], dtype=x.dtype)
+        mask[i.long()] = 1
+        x = x + (act(W1[layer] @ u + b1[layer]) * mask) @ W2t[layer]
+    return x
+
+
+@given(layers=st.integers(0, 4), d_ff=st.integers(1, 40), d_model=st.integers(1, 30),
+       data=st.data(), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([torch.float32, torch.float64]),
+       activation=st.sampled_from(["relu", "gelu"]))
+def test_fused_ffn_stack_matches_the_dense_residual_stack(layers, d_ff, d_model, data, seed, dtype,
+                                                         activation):
+    sizes = data.draw(st.lists(st.integers(0, d_ff), min_size=layers, max_size=layers))
+    index_dtypes = data.draw(st.lists(st.sampled_from([torch.int32, torch.int64]),
+                                      min_size=layers, max_size=layers))
+    W1, b1, W2t, x, idx = _stack_problem(layers, d_ff, d_model, sizes, dtype, index_dtypes, seed)
+    expected = _dense_stack(W1, b1, W2t, x, idx, activation)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    x_before = x.clone()
+    for backend in ("cpu", "ref"):
+        got = ffn.fused_ffn_stack(W1, b1, W2t, x, idx, activation, backend=backend)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, expected, **tol)
+    assert torch.equal(x, x_before)  # the residual stream is the kernel's own copy
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_fused_ffn_stack_triton_interpreter_and_bf16(activation):
+    W1, b1, W2t, x, idx = _stack_problem(3, 48, 40, (21, 0, 48), dtype=torch.float32)
+    cpu = ffn.fused_ffn_stack(W1, b1, W2t, x, idx, activation, backend="cpu")
+    torch.testing.assert_close(ffn.fused_ffn_stack(W1, b1, W2t, x, idx, activation, backend="triton"),
+                               cpu, rtol=1e-5, atol=1e-5)
+    bf = [t.bfloat16() for t in (W1, b1, W2t, x)]
+    expected = _dense_stack(*(t.float() for t in bf), idx, activation)
+    for backend, tol in (("cpu", 5e-3), ("triton", 1e-2)):  # Triton rounds u to bf16 per layer
+        got = ffn.fused_ffn_stack(*bf, idx, activation, backend=backend)
+        assert got.dtype == torch.bfloat16  # bf16 weights, a float32 residual stream, bf16 out
+        error = torch.linalg.vector_norm(got.float() - expected) / torch.linalg.vector_norm(expected)
+        assert error < tol, (backend, float(error))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "ref"])
+def test_fused_ffn_stack_edge_cases(backend):
+    x = torch.tensor([3.0, -4.0])
+    none = torch.zeros(0, 4, 2)
+    assert torch.equal(ffn.fused_ffn_stack(none, torch.zeros(0, 4), none, x, [], backend=backend), x)
+    W1, b1, W2t, _, _ = _stack_problem(2, 4, 2, (), dtype=torch.float32)
+    empty = [torch.empty(0, dtype=torch.int64)] * 2
+    assert torch.equal(ffn.fused_ffn_stack(W1, b1, W2t, x, empty, backend=backend), x)
+    zero = torch.zeros(2)  # u = 0 / √eps: the layers add act(b1) · W2t
+    expected = _dense_stack(W1, b1, W2t, zero, [torch.arange(4)] * 2, "relu")
+    torch.testing.assert_close(ffn.fused_ffn_stack(W1, b1, W2t, zero, [torch.arange(4)] * 2,
+                                                   backend=backend), expected)
+
+
+def test_fused_ffn_stack_bad_inputs_name_the_invariant():
+    W1, b1, W2t, x, idx = _stack_problem(2, 8, 5, (3, 4))
+    with pytest.raises(ValueError, match=r"\(layers, d_ff, d_model\)"):
+        ffn.fused_ffn_stack(W1[0], b1[0], W2t[0], x, idx[:1])
+    with pytest.raises(ValueError, match=r"\(layers, d_ff, d_model\)"):
+        ffn.fused_ffn_stack(W1, b1, W2t[:, :, :4], x, idx)
+    with pytest.raises(ValueError, match="list of 2 index tensors"):
+        ffn.fused_ffn_stack(W1, b1, W2t, x, idx[:1])
+    with pytest.raises(ValueError, match="list of 2 index tensors"):
+        ffn.fused_ffn_stack(W1, b1, W2t, x, torch.stack(idx[:1] * 2))
+    with pytest.raises(ValueError, match="out of range"):
+        ffn.fused_ffn_stack(W1, b1, W2t, x, [idx[0], torch.tensor([8])])
+    with pytest.raises(TypeError, match="share a dtype"):
+        ffn.fused_ffn_stack(W1, b1, W2t.float(), x, idx)
+    with pytest.raises(TypeError, match="int32 or int64"):
+        ffn.fused_ffn_stack(W1, b1, W2t, x, [idx[0], idx[1].float()])
+    with pytest.raises(ValueError, match="length 5"):
+        ffn.fused_ffn_stack(W1, b1, W2t, x[:4], idx)
+    with pytest.raises(ValueError, match="activation"):
+        ffn.fused_ffn_stack(W1, b1, W2t, x, idx, "tanh")
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (0, 7), (2, 2**20 + 3)])
+def test_empty_huge_pages_is_a_writable_aligned_tensor(shape):
+    import mmap
+    t = ffn.empty_huge_pages(*shape, dtype=torch.bfloat16)
+    assert t.shape == shape and t.dtype == torch.bfloat16 and t.is_contiguous()
+    t.fill_(1.5)
+    assert bool((t == 1.5).all())
+    if t.numel() and hasattr(mmap, "MADV_HUGEPAGE"):
+        assert t.data_ptr() % (2 * 2**20) == 0  # starts on a 2 MiB page
+
+
 def test_row_kernel_accumulates_in_the_values_dtype_not_float64():
     # A literal 0 as the accumulators' start made numba promote float32 to float64, which halved
     # the vector width of the fp32 and bf16 row GEMVs; the zero must keep the values' dtype.
