@@ -26,8 +26,8 @@ distinct layers' weights back to back (copies of the same values in separate mem
 than the caches, so no layer finds another's rows cached), a fresh active set for each, the
 probes after each pass (``loop_bandwidth_GBs``). Python's and numba's state stays warm; the
 weights do not. For ``ffn``, ``stack_ms`` and ``stack_share`` time the same pass as **one call**
-(``ffn.fused_ffn_stack``: pre-norm residual blocks, the thread team at a barrier between layers,
-no Python in between), as a compiled decode step runs it.
+(``ffn.FusedFFNStack``, prepared once: pre-norm residual blocks, the thread team at a barrier
+between layers, no Python in between), as a compiled decode step runs it.
 
 The layers' weights lie in 2 MiB transparent huge pages (``ffn.empty_huge_pages``);
 ``--plain-pages`` puts them in ordinary 4 KiB pages, to measure what the pages are worth.
@@ -140,9 +140,9 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
                                       device=device)
                 stacked = {"stack_ms": math.nan, "stack_share": math.nan,
                            "stack_bandwidth_GBs": math.nan}
-                if op == "ffn":  # the same pass as one call: ffn.fused_ffn_stack
+                if op == "ffn":  # the same pass as one call of a prepared ffn.FusedFFNStack
                     run_stack = bench.measure_with_bandwidth(
-                        lambda x, i: ffn.fused_ffn_stack(W1s, b1s, W2ts, x, i),
+                        ffn.FusedFFNStack(W1s, b1s, W2ts),
                         lambda: (vec(d_model)()[0], [fresh()[1] for _ in stack]), repeats=repeats,
                         device=device, nbytes=probe_bytes, work_bytes=layers * nbytes)
                     stacked = {"stack_ms": run_stack.timing.median / layers * 1e3,

@@ -188,6 +188,14 @@ def test_fused_ffn_stack_matches_the_dense_residual_stack(layers, d_ff, d_model,
     assert torch.equal(x, x_before)  # the residual stream is the kernel's own copy
 
 
+def test_a_prepared_stack_serves_many_steps():
+    W1, b1, W2t, x, idx = _stack_problem(3, 16, 8, (5, 16, 0), dtype=torch.float32)
+    stack = ffn.FusedFFNStack(W1, b1, W2t, "gelu")
+    for step in range(3):  # each step its own input and active sets; nothing carried over
+        x, idx = x.flip(0) + step, [i.flip(0) for i in idx]
+        torch.testing.assert_close(stack(x, idx), _dense_stack(W1, b1, W2t, x, idx, "gelu"))
+
+
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 def test_fused_ffn_stack_triton_interpreter_and_bf16(activation):
     W1, b1, W2t, x, idx = _stack_problem(3, 48, 40, (21, 0, 48), dtype=torch.float32)
@@ -229,8 +237,10 @@ def test_fused_ffn_stack_bad_inputs_name_the_invariant():
         ffn.fused_ffn_stack(W1, b1, W2t, x, torch.stack(idx[:1] * 2))
     with pytest.raises(ValueError, match="out of range"):
         ffn.fused_ffn_stack(W1, b1, W2t, x, [idx[0], torch.tensor([8])])
-    with pytest.raises(TypeError, match="share a dtype"):
+    with pytest.raises(TypeError, match="share a floating dtype"):
         ffn.fused_ffn_stack(W1, b1, W2t.float(), x, idx)
+    with pytest.raises(TypeError, match="x must share the weights' dtype"):
+        ffn.fused_ffn_stack(W1, b1, W2t, x.float(), idx)
     with pytest.raises(TypeError, match="int32 or int64"):
         ffn.fused_ffn_stack(W1, b1, W2t, x, [idx[0], idx[1].float()])
     with pytest.raises(ValueError, match="length 5"):
