@@ -1,6 +1,6 @@
 """The ``ffn`` benchmark suite: batch-1 decode GEMVs of an FFN with a sparse active set.
 
-``python -m course_lib.bench ffn [--quick] [--device cpu|cuda] [--plain-pages] [--out DIR]``
+``python -m course_lib.bench ffn [--quick] [--device cpu|cuda] [--out DIR]``
 
 The products of a ``d_model × d_ff`` FFN (default 4096 × 16384, as in a 7B-class model), at
 densities 100 (the sparse kernel's own dense rate)/50/25/10/5 %, each call on a **fresh** random
@@ -29,8 +29,9 @@ weights do not. For ``ffn``, ``stack_ms`` and ``stack_share`` time the same pass
 (``ffn.FusedFFNStack``, prepared once: pre-norm residual blocks, the thread team at a barrier
 between layers, no Python in between), as a compiled decode step runs it.
 
-The layers' weights lie in 2 MiB transparent huge pages (``ffn.empty_huge_pages``);
-``--plain-pages`` puts them in ordinary 4 KiB pages, to measure what the pages are worth.
+The layers' weights lie in 2 MiB transparent huge pages (``ffn.empty_huge_pages``). To measure
+what the pages are worth, the one-call pass is timed again, right after, on a copy of the layers
+in ordinary 4 KiB pages (``stack_plain_share``, ``stack_plain_bandwidth_GBs``).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def decode_layers(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, layers:
 
 def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
         densities=DENSITIES, seed: int = 0, probe_bytes: int = 512 * 2**20,
-        layers: int = 8, huge_pages: bool = True) -> tuple[list[dict], float]:
+        layers: int = 8) -> tuple[list[dict], float]:
     """Measure every (op, dtype, density); returns the rows and the measured bandwidth (GB/s)."""
     gen = torch.Generator().manual_seed(seed)
     bandwidth = bench.memory_bandwidth(nbytes=probe_bytes, device=device)
@@ -90,10 +91,13 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
             return torch.randn(*shape, generator=gen).to(dtype=dtype, device=device)
 
         W1s, b1s, W2ts = decode_layers(weights(d_ff, d_model), weights(d_ff),
-                                       weights(d_ff, d_model), layers, huge_pages)
+                                       weights(d_ff, d_model), layers)
         stack = list(zip(W1s, b1s, W2ts))  # the layers as views
         W1, b1, W2t = stack[0]
-        W2 = _copies(W2t.t(), 1, huge_pages)[0]  # the dense baseline's row-major W2
+        W2 = _copies(W2t.t(), 1, True)[0]  # the dense baseline's row-major W2
+        # one call per step, on the layers in huge pages and on a copy in 4 KiB pages
+        steps = {"stack": ffn.FusedFFNStack(W1s, b1s, W2ts),
+                 "stack_plain": ffn.FusedFFNStack(*decode_layers(W1, b1, W2t, layers, False))}
         itemsize = W1.element_size()
 
         def vec(n):
@@ -138,16 +142,18 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
                     device=device, nbytes=probe_bytes, work_bytes=layers * nbytes)
                 naive = bench.measure(naive_fn, fresh, repeats=max(3, repeats // 4),
                                       device=device)
-                stacked = {"stack_ms": math.nan, "stack_share": math.nan,
-                           "stack_bandwidth_GBs": math.nan}
-                if op == "ffn":  # the same pass as one call of a prepared ffn.FusedFFNStack
-                    run_stack = bench.measure_with_bandwidth(
-                        ffn.FusedFFNStack(W1s, b1s, W2ts),
-                        lambda: (vec(d_model)()[0], [fresh()[1] for _ in stack]), repeats=repeats,
-                        device=device, nbytes=probe_bytes, work_bytes=layers * nbytes)
-                    stacked = {"stack_ms": run_stack.timing.median / layers * 1e3,
-                               "stack_share": run_stack.share,
-                               "stack_bandwidth_GBs": run_stack.bandwidth_GBs}
+                stacked = {}
+                for name, step in steps.items():  # the fused FFN's pass as one call per step
+                    ms = share = bw = math.nan
+                    if op == "ffn":
+                        one_call = bench.measure_with_bandwidth(
+                            step, lambda: (vec(d_model)()[0], [fresh()[1] for _ in stack]),
+                            repeats=repeats, device=device, nbytes=probe_bytes,
+                            work_bytes=layers * nbytes)
+                        ms = one_call.timing.median / layers * 1e3
+                        share, bw = one_call.share, one_call.bandwidth_GBs
+                    stacked |= {f"{name}_ms": ms, f"{name}_share": share,
+                                f"{name}_bandwidth_GBs": bw}
                 rows.append({
                     "op": op, "dtype": str(dtype).removeprefix("torch."), "d_model": d_model,
                     "d_ff": d_ff, "density": density, "active": k,
@@ -169,7 +175,7 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
 def _print_table(rows: list[dict]) -> None:
     cols = ("op", "dtype", "density", "dense_ms", "sparse_ms", "naive_ms", "speedup", "bound",
             "sparse_GBs", "share_of_bound", "call_ms", "share_beyond_call", "loop_ms", "loop_share",
-            "stack_share")
+            "stack_share", "stack_plain_share")
     print("  ".join(f"{c:>14}" for c in cols))
     for r in rows:
         print("  ".join(f"{r[c]:>14.3f}" if isinstance(r[c], float) else f"{r[c]:>14}" for c in cols))
@@ -181,16 +187,14 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (seconds)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--out", type=Path,
-                        help="write ffn_bench_<device>[_quick][_plain].csv here")
-    parser.add_argument("--plain-pages", action="store_true",
-                        help="weights in ordinary 4 KiB pages instead of 2 MiB huge pages")
+                        help="write ffn_bench_<device>[_quick].csv here")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device is available on this machine", file=sys.stderr)
         return 2
     sizes = QUICK if args.quick else FULL
     load_at_start = os.getloadavg()[0]  # other jobs sharing the cores, recorded with the results
-    rows, bandwidth = run(**sizes, device=args.device, huge_pages=not args.plain_pages)
+    rows, bandwidth = run(**sizes, device=args.device)
     print(f"measured read bandwidth: {bandwidth:.1f} GB/s")
     _print_table(rows)
     if args.out is not None:
@@ -199,9 +203,7 @@ def main(argv=None) -> int:
         meta["load_average_1min"] = f"{load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at end"
         meta["command"] = "python -m course_lib.bench ffn " + shlex.join(
             list(sys.argv[1:] if argv is None else argv))
-        meta["pages"] = "4 KiB" if args.plain_pages else "2 MiB (transparent huge pages)"
-        name = (f"ffn_bench_{args.device}{'_quick' if args.quick else ''}"
-                f"{'_plain' if args.plain_pages else ''}.csv")
+        name = f"ffn_bench_{args.device}{'_quick' if args.quick else ''}.csv"
         print("wrote", bench.write_csv(rows, args.out / name, meta))
     return 0
 

@@ -597,7 +597,8 @@ class FusedFFNStack:
 
     ``W1``, ``W2t`` are ``(layers, d_ff, d_model)`` and ``b1`` ``(layers, d_ff)``; a call takes
     ``x`` ``(d_model,)`` and ``idx``, a list of ``layers`` index tensors known before the step
-    (from a look-ahead predictor, as in Deja Vu, or a benchmark's random sets). The residual
+    (a benchmark's random sets, or predictions made ahead: Deja Vu predicts a layer's set while
+    the layer before it runs). The residual
     stream stays in float32 (float64 for float64 weights) and is returned in the weights' dtype.
 
     The weights are checked, and on the CPU viewed as NumPy arrays, once, here, as an inference
