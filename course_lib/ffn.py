@@ -13,7 +13,10 @@ Kernels (torch tensors in, torch tensor out):
 
 * :func:`gather_gemv` ``y = Σ_p v[idx[p]] · Wt[idx[p]]`` (down-projection with a sparse input);
 * :func:`row_gemv` ``h[p] = W[idx[p]] · x`` (up-projection of predicted-active neurons only);
-* :func:`fused_ffn` ``y = Σ_p act(W1[idx[p]] · x + b1[idx[p]]) · W2t[idx[p]]`` (both, one pass).
+* :func:`fused_ffn` ``y = Σ_p act(W1[idx[p]] · x + b1[idx[p]]) · W2t[idx[p]]`` (both, one pass);
+* :class:`FusedFFNStack` / :func:`fused_ffn_stack`: the FFN blocks of all layers of a decode step,
+  ``x ← x + fused_ffn(W1[l], b1[l], W2t[l], x / rms(x), idx[l])``, in one call (no Python
+  between layers). :func:`empty_huge_pages` gives weight memory in 2 MiB pages.
 
 Tiers: ``*_ref`` index with ``torch.index_select`` (readable, but copies the gathered rows);
 the CPU tier is a numba kernel that reads the active rows in place, split over a thread team
