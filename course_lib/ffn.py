@@ -116,9 +116,13 @@ def _check_fused_args(name: str, W1, b1, W2t, x, idx, activation: str) -> None:
                          f"{tuple(W2t.shape)}")
     if b1.shape != (W1.shape[0],):
         raise ValueError(f"{name}: b1 must have shape ({W1.shape[0]},), got {tuple(b1.shape)}")
-    if W2t.dtype != W1.dtype or b1.dtype != W1.dtype:
-        raise TypeError(f"{name}: W1, b1 and W2t must share a dtype, got {W1.dtype}, {b1.dtype}, "
-                        f"{W2t.dtype}")
+    _check_ffn_weights_agree(name, W1, b1, W2t, activation)
+
+
+def _check_ffn_weights_agree(name: str, W1, b1, W2t, activation: str) -> None:
+    if not W1.is_floating_point() or W2t.dtype != W1.dtype or b1.dtype != W1.dtype:
+        raise TypeError(f"{name}: W1, b1 and W2t must share a floating dtype, got {W1.dtype}, "
+                        f"{b1.dtype}, {W2t.dtype}")
     if not (W2t.device == b1.device == W1.device):
         raise ValueError(f"{name}: W1, b1, W2t, x and idx must be on one device")
     if activation not in _ACTIVATIONS:
@@ -141,13 +145,7 @@ def _check_stack_weights(name: str, W1, b1, W2t, activation: str) -> None:
     if W1.ndim != 3 or W2t.shape != W1.shape or b1.shape != W1.shape[:2]:
         raise ValueError(f"{name}: need W1 and W2t (layers, d_ff, d_model) and b1 (layers, d_ff), got "
                          f"{tuple(W1.shape)}, {tuple(W2t.shape)} and {tuple(b1.shape)}")
-    if not W1.is_floating_point() or W2t.dtype != W1.dtype or b1.dtype != W1.dtype:
-        raise TypeError(f"{name}: W1, b1 and W2t must share a floating dtype, got {W1.dtype}, "
-                        f"{b1.dtype}, {W2t.dtype}")
-    if not (W2t.device == b1.device == W1.device):
-        raise ValueError(f"{name}: W1, b1, W2t, x and idx must be on one device")
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"{name}: activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
+    _check_ffn_weights_agree(name, W1, b1, W2t, activation)
 
 
 def _check_stack_inputs(name: str, W1, x, idx) -> None:

@@ -133,7 +133,7 @@ def test_fused_ffn_bad_inputs_name_the_invariant():
         ffn.fused_ffn(W1, b1, W2t[:7], x, idx)
     with pytest.raises(ValueError, match="b1 must have shape"):
         ffn.fused_ffn(W1, b1[:7], W2t, x, idx)
-    with pytest.raises(TypeError, match="share a dtype"):
+    with pytest.raises(TypeError, match="share a floating dtype"):
         ffn.fused_ffn(W1, b1, W2t.float(), x, idx)
     with pytest.raises(ValueError, match="activation"):
         ffn.fused_ffn(W1, b1, W2t, x, idx, "tanh")
