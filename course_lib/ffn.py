@@ -153,9 +153,10 @@ def _check_stack_inputs(name: str, W1, x, idx) -> None:
         raise TypeError(f"{name}: x must be a torch.Tensor, got {type(x).__name__}")
     if x.shape != (W1.shape[2],):
         raise ValueError(f"{name}: x must be 1-D of length {W1.shape[2]}, got shape {tuple(x.shape)}")
-    if x.dtype != W1.dtype or x.device != W1.device:
-        raise TypeError(f"{name}: x must share the weights' dtype and device, got {x.dtype} on "
-                        f"{x.device} for {W1.dtype} on {W1.device}")
+    if x.dtype != W1.dtype:
+        raise TypeError(f"{name}: x must share the weights' dtype {W1.dtype}, got {x.dtype}")
+    if x.device != W1.device:
+        raise ValueError(f"{name}: x must be on the weights' device {W1.device}, got {x.device}")
     if not isinstance(idx, (list, tuple)) or len(idx) != W1.shape[0]:
         raise ValueError(f"{name}: idx must be a list of {W1.shape[0]} index tensors (one per layer)")
     for i in idx:
@@ -599,8 +600,8 @@ class FusedFFNStack:
     ``W1``, ``W2t`` are ``(layers, d_ff, d_model)`` and ``b1`` ``(layers, d_ff)``; a call takes
     ``x`` ``(d_model,)`` and ``idx``, a list of ``layers`` index tensors known before the step
     (a benchmark's random sets, or predictions made ahead: Deja Vu predicts a layer's set while
-    the layer before it runs). The residual
-    stream stays in float32 (float64 for float64 weights) and is returned in the weights' dtype.
+    the layer before it runs). The residual stream stays in float32 (float64 for float64
+    weights) and is returned in the weights' dtype.
 
     The weights are checked, and on the CPU viewed as NumPy arrays, once, here, as an inference
     engine prepares them at load time: a call only converts ``x`` and the active sets. On the
@@ -661,7 +662,7 @@ def empty_huge_pages(*shape: int, dtype: torch.dtype = torch.float32) -> torch.T
 
     A sparse decode reads scattered weight rows of a few KiB: with 4 KiB pages each row needs
     TLB entries of its own (and a page walk costs more in a virtual machine); a 2 MiB page
-    covers hundreds of rows. Linux ``madvise(MADV_HUGEPAGE)`` on a 2 MiB-aligned anonymous map
+    covers 128 fp32 rows of 4096 values. Linux ``madvise(MADV_HUGEPAGE)`` on a 2 MiB-aligned anonymous map
     (honoured when /sys/kernel/mm/transparent_hugepage/enabled is ``always`` or ``madvise``);
     elsewhere a plain ``torch.empty``.
     """
