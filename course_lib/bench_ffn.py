@@ -186,8 +186,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (seconds)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--out", type=Path,
-                        help="write ffn_bench_<device>[_quick].csv here")
+    parser.add_argument("--out", type=Path, help="write ffn_bench_<device>[_quick].csv here")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.device == "cuda" and not torch.cuda.is_available():
         print("--device cuda: no CUDA device is available on this machine", file=sys.stderr)

@@ -45,7 +45,6 @@ def test_cli_writes_csv_with_machine_info(tmp_path, monkeypatch):
     rows, meta = bench.read_csv(tmp_path / "ffn_bench_cpu_quick.csv")
     assert len(rows) == 2 * 3 * len(bench_ffn.DENSITIES)  # 2 dtypes × 3 ops
     assert {"cpu", "bandwidth_GBs", "command", "date"} <= set(meta)
-
     assert meta["command"].endswith("--quick --out " + str(tmp_path))
 
 
