@@ -27,7 +27,9 @@ than the caches, so no layer finds another's rows cached), a fresh active set fo
 probes after each pass (``loop_bandwidth_GBs``). Python's and numba's state stays warm; the
 weights do not. For ``ffn``, ``stack_ms`` and ``stack_share`` time the same pass as **one call**
 (``ffn.FusedFFNStack``, prepared once: pre-norm residual blocks, the thread team at a barrier
-between layers, no Python in between), as a compiled decode step runs it.
+between layers, no Python in between), as a compiled decode step runs it; ``stack_call_ms`` is
+the fixed cost of such a step (every active set empty, timed after the probes) and
+``stack_share_beyond_call`` the share of the time beyond it.
 
 The layers' weights lie in 2 MiB transparent huge pages (``ffn.empty_huge_pages``). To measure
 what the pages are worth, the one-call pass is timed again, right after, on a copy of the layers
@@ -129,6 +131,11 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
             call = bench.measure_with_bandwidth(sparse_fn, lambda: sparse_inputs(0),
                                                 repeats=repeats, device=device, nbytes=probe_bytes)
             call_s = call.timing.median
+            # and of a whole step in one call (the fused FFN only): every layer's set empty
+            step_call_s = {name: bench.measure_with_bandwidth(
+                step, lambda: (vec(d_model)()[0], [sparse_inputs(0)[1] for _ in stack]),
+                repeats=repeats, device=device, nbytes=probe_bytes).timing.median
+                for name, step in steps.items()} if op == "ffn" else {}
             for density in densities:
                 k = max(1, round(density * d_ff))
                 fresh = functools.partial(sparse_inputs, k)
@@ -144,7 +151,7 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
                                       device=device)
                 stacked = {}
                 for name, step in steps.items():  # the fused FFN's pass as one call per step
-                    ms = share = bw = math.nan
+                    ms = share = bw = call_ms = beyond = math.nan
                     if op == "ffn":
                         one_call = bench.measure_with_bandwidth(
                             step, lambda: (vec(d_model)()[0], [fresh()[1] for _ in stack]),
@@ -152,8 +159,11 @@ def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
                             work_bytes=layers * nbytes)
                         ms = one_call.timing.median / layers * 1e3
                         share, bw = one_call.share, one_call.bandwidth_GBs
+                        call_ms = step_call_s[name] * 1e3
+                        beyond = one_call.share_beyond(step_call_s[name])
                     stacked |= {f"{name}_ms": ms, f"{name}_share": share,
-                                f"{name}_bandwidth_GBs": bw}
+                                f"{name}_bandwidth_GBs": bw, f"{name}_call_ms": call_ms,
+                                f"{name}_share_beyond_call": beyond}
                 rows.append({
                     "op": op, "dtype": str(dtype).removeprefix("torch."), "d_model": d_model,
                     "d_ff": d_ff, "density": density, "active": k,

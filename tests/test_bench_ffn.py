@@ -22,9 +22,11 @@ def test_run_reports_every_density_and_consistent_ratios():
         assert r["call_ms"] > 0 and r["share_beyond_call"] > r["share_of_bound"]
         assert r["loop_ms"] > 0 and r["loop_share"] > 0 and r["loop_bandwidth_GBs"] > 0
         stacked = [r[f"{name}_{k}"] for name in ("stack", "stack_plain")
-                   for k in ("ms", "share", "bandwidth_GBs")]
+                   for k in ("ms", "share", "bandwidth_GBs", "call_ms", "share_beyond_call")]
         # the one-call decode pass exists for the fused FFN only
         assert all(v > 0 for v in stacked) if r["op"] == "ffn" else all(math.isnan(v) for v in stacked)
+        if r["op"] == "ffn":
+            assert r["stack_share_beyond_call"] > r["stack_share"]
 
 
 @pytest.mark.parametrize("huge_pages", [True, False])
