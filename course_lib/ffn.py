@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import mmap
+import threading
 
 import numpy as np
 import torch
@@ -606,8 +607,10 @@ class FusedFFNStack:
     The weights are checked, and on the CPU viewed as NumPy arrays, once, here, as an inference
     engine prepares them at load time: a call only converts ``x`` and the active sets. On the
     CPU the whole stack is one compiled call, the thread team meeting at a spin barrier between
-    layers, so the fixed cost of a call is paid once per step instead of once per layer. The
-    Triton path launches :func:`fused_ffn` per layer (``u`` rounded to the weights' dtype).
+    layers, so the fixed cost of a call is paid once per step instead of once per layer. Threads
+    claim chunks of rows as they come, so the summation order, and the last bits of the result,
+    can differ from call to call. The Triton path launches :func:`fused_ffn` per layer (``u``
+    rounded to the weights' dtype).
     """
 
     def __init__(self, W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor,
@@ -621,6 +624,13 @@ class FusedFFNStack:
                 raise TypeError(f"FusedFFNStack: the CPU kernel supports float32/float64/bfloat16, "
                                 f"got {W1.dtype}")
             self._arrays = _numpy_view(W1), _numpy_view(b1), _numpy_view(W2t)
+            # buffers reused by every step (a cold NumPy call costs tens of µs), one step at a
+            # time; the kernel leaves the partial sums zero at the end of each layer
+            self._lock = threading.Lock()
+            acc = np.float64 if W1.dtype == torch.float64 else np.float32
+            self._offsets = np.zeros(W1.shape[0] + 1, dtype=np.int64)
+            self._u = np.empty(W1.shape[2], dtype=acc)
+            self._partial = np.zeros((0, W1.shape[2]), dtype=acc)  # a row per team thread
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, idx) -> torch.Tensor:
@@ -632,14 +642,18 @@ class FusedFFNStack:
         if self.backend == "cpu":
             ii = torch.cat(list(idx)).numpy() if idx else np.zeros(0, dtype=np.int64)
             _check_range("FusedFFNStack", ii, W1.shape[1])
-            offsets = np.zeros(len(idx) + 1, dtype=np.int64)
-            np.cumsum([i.shape[0] for i in idx], out=offsets[1:])
             xx = x.detach().to(acc, copy=True).numpy()
-            size = TEAM.size()
-            partial = np.zeros((size, xx.shape[0]), dtype=xx.dtype)
-            TEAM.run(_fused_ffn_stack_cpu, *self._arrays, xx, ii, offsets,
-                     _ACT_CODES[self.activation], self.eps, partial, np.empty_like(xx), size=size,
-                     slots=2 * len(idx) + 1)
+            with self._lock:
+                offsets, total = self._offsets, 0  # layer l's neurons: ii[offsets[l]:offsets[l+1]]
+                for layer, i in enumerate(idx):
+                    total += i.shape[0]
+                    offsets[layer + 1] = total
+                size = TEAM.size()
+                if self._partial.shape[0] != size:
+                    self._partial = np.zeros((size, xx.shape[0]), dtype=xx.dtype)
+                TEAM.run(_fused_ffn_stack_cpu, *self._arrays, xx, ii, offsets,
+                         _ACT_CODES[self.activation], self.eps, self._partial, self._u, size=size,
+                         slots=2 * len(idx) + 1)
             return _as_tensor(xx, W1.dtype)
         x = x.to(acc)
         for layer, i in enumerate(idx):

@@ -196,6 +196,22 @@ def test_a_prepared_stack_serves_many_steps():
         torch.testing.assert_close(stack(x, idx), _dense_stack(W1, b1, W2t, x, idx, "gelu"))
 
 
+def test_a_prepared_stack_follows_the_team_size_and_serves_several_threads():
+    from concurrent.futures import ThreadPoolExecutor
+    W1, b1, W2t, x, idx = _stack_problem(2, 64, 16, (40, 64))
+    stack, expected = ffn.FusedFFNStack(W1, b1, W2t), _dense_stack(W1, b1, W2t, x, idx, "relu")
+    threads = ffn.numba.get_num_threads()
+    try:  # its reused buffers follow numba's thread count
+        for n in sorted({1, threads}):
+            ffn.numba.set_num_threads(n)
+            torch.testing.assert_close(stack(x, idx), expected)
+    finally:
+        ffn.numba.set_num_threads(threads)
+    with ThreadPoolExecutor(4) as pool:  # and concurrent steps take turns
+        for got in pool.map(lambda _: stack(x, idx), range(8)):
+            torch.testing.assert_close(got, expected)
+
+
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 def test_fused_ffn_stack_triton_interpreter_and_bf16(activation):
     W1, b1, W2t, x, idx = _stack_problem(3, 48, 40, (21, 0, 48), dtype=torch.float32)
