@@ -619,6 +619,7 @@ class FusedFFNStack:
         self.W1, self.b1, self.W2t = W1, b1, W2t
         self.activation, self.eps = activation, eps
         self.backend = _backend(backend, W1)
+        self._acc = _stack_dtype(W1.dtype)  # the residual stream's dtype
         if self.backend == "cpu":
             if W1.dtype not in _CPU_DTYPES:
                 raise TypeError(f"FusedFFNStack: the CPU kernel supports float32/float64/bfloat16, "
@@ -627,10 +628,9 @@ class FusedFFNStack:
             # buffers reused by every step (a cold NumPy call costs tens of µs), one step at a
             # time; the kernel leaves the partial sums zero at the end of each layer
             self._lock = threading.Lock()
-            acc = np.float64 if W1.dtype == torch.float64 else np.float32
             self._offsets = np.zeros(W1.shape[0] + 1, dtype=np.int64)
-            self._u = np.empty(W1.shape[2], dtype=acc)
-            self._partial = np.zeros((0, W1.shape[2]), dtype=acc)  # a row per team thread
+            self._u = torch.empty(W1.shape[2], dtype=self._acc).numpy()
+            self._partial = np.zeros((0, W1.shape[2]), dtype=self._u.dtype)  # a row per team thread
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, idx) -> torch.Tensor:
@@ -638,7 +638,7 @@ class FusedFFNStack:
         _check_stack_inputs("FusedFFNStack", W1, x, idx)
         if self.backend == "ref":
             return fused_ffn_stack_ref(W1, b1, W2t, x, idx, self.activation, self.eps)
-        acc = _stack_dtype(W1.dtype)
+        acc = self._acc
         if self.backend == "cpu":
             ii = torch.cat(list(idx)).numpy() if idx else np.zeros(0, dtype=np.int64)
             _check_range("FusedFFNStack", ii, W1.shape[1])
@@ -680,7 +680,7 @@ def empty_huge_pages(*shape: int, dtype: torch.dtype = torch.float32) -> torch.T
     (honoured when /sys/kernel/mm/transparent_hugepage/enabled is ``always`` or ``madvise``);
     elsewhere a plain ``torch.empty``.
     """
-    nbytes = math.prod(shape) * torch.empty(0, dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes == 0 or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.empty(*shape, dtype=dtype)
     huge = 2 * 2**20
