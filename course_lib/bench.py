@@ -7,6 +7,8 @@ Rules every number in the course follows:
   region, so a result left in cache by the previous run cannot flatter the next one;
 * report the **median** (and the inter-quartile range), as a ratio against a baseline measured
   in the same run, next to the physical bound (bytes moved / measured bandwidth).
+* on a shared host, pair each run with a bandwidth probe (:func:`measure_with_bandwidth`) and
+  time the cases of a table interleaved (:func:`measure_interleaved`).
 
 CLI: ``python -m course_lib.bench SUITE [options]`` runs ``course_lib.bench_<SUITE>.main``
 (suites: ``spmm``, ``ffn``).
@@ -125,8 +127,10 @@ class BandwidthRun:
 
     def share_beyond(self, fixed: float) -> float:
         """:attr:`share` of the time beyond a fixed cost per call of ``fixed`` seconds (measured
-        separately, e.g. a call that reads nothing): how fast the kernel streams once it runs."""
-        return float(np.median([self.work_bytes / max(t - fixed, 1e-12) / 1e9 / bw
+        separately, e.g. a call that reads nothing): how fast the kernel streams once it runs.
+        A run no longer than ``fixed`` counts as infinitely fast (its payload is within the noise
+        of the fixed cost), so a median of ``inf`` says: too little work to tell."""
+        return float(np.median([self.work_bytes / (t - fixed) / 1e9 / bw if t > fixed else np.inf
                                 for t, bw in zip(self.times, self.bandwidths)]))
 
 
@@ -140,18 +144,39 @@ def measure_with_bandwidth(fn: Callable, make_inputs: Callable[[], Sequence] | N
     within seconds), so a kernel's share of the bound is only meaningful against a bound measured
     next to it: :attr:`BandwidthRun.share` pairs every run with the probe that follows it.
     """
+    return measure_interleaved({None: (fn, make_inputs, work_bytes)}, repeats, warmup, device,
+                               nbytes)[None]
+
+
+def measure_interleaved(cases: dict, repeats: int = 20, warmup: int = 3, device: str = "cpu",
+                        nbytes: int = 512 * 2**20, seed: int = 0) -> dict:
+    """:func:`measure_with_bandwidth` for several cases at once, **interleaved**: ``cases`` maps
+    a key to ``(fn, make_inputs or None, work_bytes)``; each round runs every case once (each run
+    followed by the probes), in an order shuffled per round (seeded); returns a
+    :class:`BandwidthRun` per key.
+
+    A shared host has slow stretches of seconds (another job on the cores, a bandwidth level
+    switch). Timed one after the other, the cases of a table meet different stretches and a
+    single row can land in a slow one; interleaved, every case samples the whole measurement
+    time, and the medians compare like with like.
+    """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
     probes = _bandwidth_probes(nbytes, device)
-    make_inputs = make_inputs or (lambda: ())
-    times, bandwidths = [], []
+    order = np.random.default_rng(seed)
+    keys = list(cases)
+    times: dict = {key: [] for key in keys}
+    bandwidths: dict = {key: [] for key in keys}
     for i in range(warmup + repeats):
-        t = _timed(fn, make_inputs(), device)  # fresh inputs, made outside the timing
-        best = min(_timed(probe, (), device) for probe in probes)
-        if i >= warmup:
-            times.append(t)
-            bandwidths.append(nbytes / best / 1e9)
-    return BandwidthRun(tuple(times), tuple(bandwidths), work_bytes)
+        for k in order.permutation(len(keys)):
+            fn, make_inputs, _ = cases[keys[k]]
+            t = _timed(fn, make_inputs() if make_inputs else (), device)  # inputs made untimed
+            best = min(_timed(probe, (), device) for probe in probes)
+            if i >= warmup:
+                times[keys[k]].append(t)
+                bandwidths[keys[k]].append(nbytes / best / 1e9)
+    return {key: BandwidthRun(tuple(times[key]), tuple(bandwidths[key]), cases[key][2])
+            for key in keys}
 
 
 def machine_info(device: str = "cpu") -> dict:
@@ -217,7 +242,8 @@ def main(argv=None) -> int:
     return suite.main(argv[1:]) or 0
 
 
-__all__ = ["Timing", "BandwidthRun", "measure", "measure_with_bandwidth", "memory_bandwidth", "machine_info", "write_csv", "read_csv"]
+__all__ = ["Timing", "BandwidthRun", "measure", "measure_with_bandwidth", "measure_interleaved",
+           "memory_bandwidth", "machine_info", "write_csv", "read_csv"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -72,11 +72,11 @@ def _check_gemv_args(name: str, W: torch.Tensor, v: torch.Tensor, idx: torch.Ten
         raise ValueError(f"{name}: W, vector and idx must be on one device")
 
 
-def _check_idx(name: str, idx, device: torch.device) -> None:
+def _check_idx(name: str, idx, device: torch.device, ndim: int = 1) -> None:
     if not isinstance(idx, torch.Tensor):
         raise TypeError(f"{name}: idx must be a torch.Tensor, got {type(idx).__name__}")
-    if idx.ndim != 1:
-        raise ValueError(f"{name}: idx must be 1-D, got shape {tuple(idx.shape)}")
+    if idx.ndim != ndim:
+        raise ValueError(f"{name}: idx must be {ndim}-D, got shape {tuple(idx.shape)}")
     if idx.dtype not in (torch.int32, torch.int64):
         raise TypeError(f"{name}: idx must be int32 or int64, got {idx.dtype}")
     if idx.device != device:
@@ -158,8 +158,13 @@ def _check_stack_inputs(name: str, W1, x, idx) -> None:
         raise TypeError(f"{name}: x must share the weights' dtype {W1.dtype}, got {x.dtype}")
     if x.device != W1.device:
         raise ValueError(f"{name}: x must be on the weights' device {W1.device}, got {x.device}")
-    if not isinstance(idx, (list, tuple)) or len(idx) != W1.shape[0]:
-        raise ValueError(f"{name}: idx must be a list of {W1.shape[0]} index tensors (one per layer)")
+    layers = W1.shape[0]
+    if isinstance(idx, torch.Tensor) and idx.ndim == 2 and idx.shape[0] == layers:
+        _check_idx(name, idx, W1.device, ndim=2)
+        return
+    if not isinstance(idx, (list, tuple)) or len(idx) != layers:
+        raise ValueError(f"{name}: idx must be a list of {layers} index tensors (one per layer), "
+                         f"or one ({layers}, k) tensor")
     for i in idx:
         _check_idx(name, i, W1.device)
 
@@ -202,6 +207,17 @@ def _bf16_to_f32(typingctx, bits):
     return types.float32(bits), codegen
 
 
+@intrinsic
+def _f32_bits(typingctx, value):
+    """The 32 bits of a float32 as a uint32 (``bitcast``)."""
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(value), codegen
+
+
 def _value(x):  # pragma: no cover - only its numba overload below is ever called
     """A stored weight as a number: floats as they are, bf16 bits (uint16) widened to float32."""
     raise NotImplementedError
@@ -232,17 +248,54 @@ def _zero_overload(a):
     return (lambda a: acc(0)) if isinstance(acc, types.Float) else None
 
 
+def _stored(value, out):  # pragma: no cover - only its numba overload below is ever called
+    """``value`` as an element of the array ``out``: cast to its float type, or for bf16 bits
+    (uint16) rounded to the nearest bfloat16, ties to even, as torch's ``.to(torch.bfloat16)``."""
+    raise NotImplementedError
+
+
+@overload(_stored, inline="always")
+def _stored_overload(value, out):
+    if not isinstance(out, types.Array):
+        return None
+    if out.dtype == types.uint16:
+        def to_bf16(value, out):
+            v = types.float32(value)
+            if v != v:
+                return types.uint16(0x7FC0)  # NaN
+            bits = _f32_bits(v)
+            return types.uint16((bits + types.uint32(0x7FFF) + ((bits >> 16) & 1)) >> 16)
+        return to_bf16
+    float_type = out.dtype
+    return (lambda value, out: float_type(value)) if isinstance(float_type, types.Float) else None
+
+
 _ROWS_PER_CHUNK = 32  # active rows a team thread claims at once (a multiple of 8)
+
+
+def _row(W, i):  # pragma: no cover - only its numba overload below is ever called
+    """Neuron ``i``'s weight row: ``W[i]`` of a 2-D array, or ``B[i, part]`` of a bundle
+    ``W = (B, part)`` whose ``B[i]`` holds neuron ``i``'s rows of several matrices side by side."""
+    raise NotImplementedError
+
+
+@overload(_row, inline="always")
+def _row_overload(W, i):
+    if isinstance(W, types.Array) and W.ndim == 2:
+        return lambda W, i: W[i]
+    if isinstance(W, types.BaseTuple) and len(W) == 2 and isinstance(W[0], types.Array) \
+            and W[0].ndim == 3:
+        return lambda W, i: W[0][i, W[1]]
+    return None
 
 
 @numba.njit(inline="always")
 def _prefetch_rows(W, idx, lo, hi):  # pragma: no cover - compiled
     # The hardware prefetcher stops at 4 KiB page boundaries, and the active rows are scattered:
     # ask for the first line of every page of the rows idx[lo:hi] before they are needed.
-    step = 4096 // W.itemsize
     for q in range(lo, min(hi, idx.shape[0])):
-        row = W[idx[q]]
-        for e in range(0, row.shape[0], step):
+        row = _row(W, idx[q])
+        for e in range(0, row.shape[0], 4096 // row.itemsize):
             prefetch(row, e)
 
 
@@ -251,8 +304,8 @@ def _eight_rows(W, idx, p):  # pragma: no cover - compiled
     # Rows idx[p:p+8] of W, eight memory streams to run at once, while the pages of the next
     # eight are prefetched.
     _prefetch_rows(W, idx, p + 8, p + 16)
-    return (W[idx[p]], W[idx[p + 1]], W[idx[p + 2]], W[idx[p + 3]],
-            W[idx[p + 4]], W[idx[p + 5]], W[idx[p + 6]], W[idx[p + 7]])
+    return (_row(W, idx[p]), _row(W, idx[p + 1]), _row(W, idx[p + 2]), _row(W, idx[p + 3]),
+            _row(W, idx[p + 4]), _row(W, idx[p + 5]), _row(W, idx[p + 6]), _row(W, idx[p + 7]))
 
 
 @numba.njit(inline="always")
@@ -261,7 +314,7 @@ def _dots8(W, idx, p, x):  # pragma: no cover - compiled
     # dtype (_zero) so that the reductions vectorize at full width.
     r0, r1, r2, r3, r4, r5, r6, r7 = _eight_rows(W, idx, p)
     s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = _zero(x)
-    for j in range(W.shape[1]):
+    for j in range(r0.shape[0]):
         xj = _value(x[j])
         s0 += _value(r0[j]) * xj
         s1 += _value(r1[j]) * xj
@@ -385,7 +438,8 @@ def _fused_chunks(W1, b1, W2t, x, idx, code, acc, state):  # pragma: no cover - 
     # This thread's share of one sparse FFN layer: it claims chunks of the active list and, for
     # eight neurons at a time, takes their W1 rows' dot products with x, the activation, then
     # adds their W2t rows into acc (its split-K partial). The hidden values never leave
-    # registers; each weight row is read once.
+    # registers; each weight row is read once. W1 and W2t are 2-D arrays or parts of a bundle
+    # (_row).
     k = idx.shape[0]
     p, hi = next_chunk(state, k, _ROWS_PER_CHUNK)
     while p >= 0:
@@ -402,7 +456,7 @@ def _fused_chunks(W1, b1, W2t, x, idx, code, acc, state):  # pragma: no cover - 
             p += 8
         for q in range(p, hi):
             i = idx[q]
-            _axpy(acc, W2t[i], _act(_dot(W1[i], x) + _value(b1[i]), code))
+            _axpy(acc, _row(W2t, i), _act(_dot(_row(W1, i), x) + _value(b1[i]), code))
         chunk_done(state)
         p, hi = next_chunk(state, k, _ROWS_PER_CHUNK)
 
@@ -428,29 +482,38 @@ def _rms_normalize(x, u, eps):  # pragma: no cover - compiled
 
 
 @numba.njit(fastmath=True, nogil=True, cache=True)
-def _fused_ffn_stack_cpu(W1, b1, W2t, x, idx, offsets, code, eps, partial, u,
+def _fused_ffn_stack_cpu(W1, b1, W2t, x, idx, offsets, code, eps, stream, u, partial, out,
                          tid, state):  # pragma: no cover - compiled
-    # Every layer in one call, no Python between them: x ← x + FFN_l(u) with u = x / rms(x).
-    # state holds a chunk-counter pair per layer, then the count of layers whose input u is
-    # ready. The caller (tid 0) normalizes x; after each layer it waits for the layer's chunks,
-    # adds the partials to x, clears them and normalizes again. Helpers spin on that count (the
-    # barrier between layers) and so never sleep, or wait on Python, inside a decode step.
-    layers = W1.shape[0]
+    # Every layer in one call, no Python between them: s ← s + FFN_l(u) with u = s / rms(s), for
+    # the residual stream s (float32, float64 for float64 weights) that starts as x and ends in
+    # out (rounded to the weights' dtype). W1 and W2t are (bundle, part) pairs: row j of layer l
+    # is bundle[l, j, part] (FusedFFNStack packs both into one bundle). state holds a chunk-counter pair per layer, then the
+    # count of layers whose input u is ready. The caller (tid 0) fills s and normalizes it; after
+    # each layer it waits for the layer's chunks, adds the partials to s, clears them and
+    # normalizes again. Helpers spin on that count (the barrier between layers) and so never
+    # sleep, or wait on Python, inside a decode step.
+    layers = b1.shape[0]
     ready = 2 * layers
     if tid == 0:
-        _rms_normalize(x, u, eps)
+        for j in range(x.shape[0]):
+            stream[j] = _value(x[j])
+        _rms_normalize(stream, u, eps)
         fetch_add(state, ready, 1)
     for layer in range(layers):
         while load_acquire(state, ready) <= layer:
             pass
         counters = state[2 * layer:2 * layer + 2]
         active = idx[offsets[layer]:offsets[layer + 1]]
-        _fused_chunks(W1[layer], b1[layer], W2t[layer], u, active, code, partial[tid], counters)
+        _fused_chunks((W1[0][layer], W1[1]), b1[layer], (W2t[0][layer], W2t[1]), u, active, code,
+                      partial[tid], counters)
         if tid == 0:
             wait_done(counters, chunk_count(active.shape[0], _ROWS_PER_CHUNK))
-            _add_partials(partial, x)
-            _rms_normalize(x, u, eps)
+            _add_partials(partial, stream)
+            _rms_normalize(stream, u, eps)
             fetch_add(state, ready, 1)
+    if tid == 0:
+        for j in range(out.shape[0]):
+            out[j] = _stored(stream[j], out)
 
 
 _CPU_DTYPES = (torch.float32, torch.float64, torch.bfloat16)
@@ -470,6 +533,11 @@ def _cpu_arrays(name, W, v, idx):
     Wn = _numpy_view(W)
     acc_dtype = np.float32 if Wn.dtype == np.uint16 else Wn.dtype  # bf16 accumulates in float32
     return Wn, _numpy_view(v), idx.contiguous().numpy(), acc_dtype
+
+
+def _tensor_of(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """The NumPy array ``a`` as a tensor of ``dtype`` without a copy (``_numpy_view`` reversed)."""
+    return torch.from_numpy(a.view(np.int16)).view(dtype) if dtype == torch.bfloat16 else torch.from_numpy(a)
 
 
 def _as_tensor(out: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -599,22 +667,35 @@ class FusedFFNStack:
     ``i = idx[l]`` the layer's active neurons.
 
     ``W1``, ``W2t`` are ``(layers, d_ff, d_model)`` and ``b1`` ``(layers, d_ff)``; a call takes
-    ``x`` ``(d_model,)`` and ``idx``, a list of ``layers`` index tensors known before the step
-    (a benchmark's random sets, or predictions made ahead: Deja Vu predicts a layer's set while
-    the layer before it runs). The residual stream stays in float32 (float64 for float64
-    weights) and is returned in the weights' dtype.
+    ``x`` ``(d_model,)`` and ``idx``, the active sets known before the step (a benchmark's random
+    sets, or predictions made ahead: Deja Vu predicts a layer's set while the layer before it
+    runs): a list of ``layers`` index tensors, or one ``(layers, k)`` tensor when every layer
+    keeps ``k`` neurons (top-k), which a call uses as it is. The residual stream stays in float32
+    (float64 for float64 weights) and is returned in the weights' dtype.
 
-    The weights are checked, and on the CPU viewed as NumPy arrays, once, here, as an inference
-    engine prepares them at load time: a call only converts ``x`` and the active sets. On the
-    CPU the whole stack is one compiled call, the thread team meeting at a spin barrier between
-    layers, so the fixed cost of a call is paid once per step instead of once per layer. Threads
+    The weights are checked, and on the CPU **packed**, once, here, as an inference engine
+    prepares them at load time: a copy in which each neuron's ``W1`` row and ``W2t`` row lie side
+    by side, ``bundle[l, j] = (W1[l, j], W2t[l, j])`` (the row-column bundling of "LLM in a
+    flash", there for reads from flash), so that an active neuron is one contiguous run of
+    ``2·d_model`` values instead of two runs at unrelated addresses (each run's start costs
+    time, which weighs most at low density and in bf16). The copy lies in 2 MiB pages unless
+    ``huge_pages`` is false (:func:`empty_huge_pages`); ``self.W1``, ``self.W2t`` are then views
+    of it, and the caller may drop its own tensors. ``packed=False`` reads the given tensors
+    instead (to measure what the packing is worth).
+    On the CPU the whole step is one compiled call: it reads
+    ``x`` and the sets where they are, keeps the residual stream in a buffer of its own, writes
+    the result (rounded to bf16 there) into a new array, and the thread team meets at a spin
+    barrier between layers, so the fixed cost of a call is paid once per step instead of once per
+    layer. Each torch or NumPy call a step makes costs 15–40 µs when the step's weight stream has
+    evicted its code from the caches (measured), hence so few of them. Threads
     claim chunks of rows as they come, so the summation order, and the last bits of the result,
     can differ from call to call. The Triton path launches :func:`fused_ffn` per layer (``u``
     rounded to the weights' dtype).
     """
 
     def __init__(self, W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor,
-                 activation: str = "relu", *, eps: float = 1e-6, backend: str = "auto"):
+                 activation: str = "relu", *, eps: float = 1e-6, backend: str = "auto",
+                 packed: bool = True, huge_pages: bool = True):
         _check_stack_weights("FusedFFNStack", W1, b1, W2t, activation)
         self.W1, self.b1, self.W2t = W1, b1, W2t
         self.activation, self.eps = activation, eps
@@ -624,12 +705,23 @@ class FusedFFNStack:
             if W1.dtype not in _CPU_DTYPES:
                 raise TypeError(f"FusedFFNStack: the CPU kernel supports float32/float64/bfloat16, "
                                 f"got {W1.dtype}")
-            self._arrays = _numpy_view(W1), _numpy_view(b1), _numpy_view(W2t)
+            if packed:  # (layers, d_ff, 2, d_model): W1 and W2t as parts 0 and 1 of each row
+                alloc = empty_huge_pages if huge_pages else torch.empty
+                bundle = alloc(W1.shape[0], W1.shape[1], 2, W1.shape[2], dtype=W1.dtype)
+                bundle[:, :, 0], bundle[:, :, 1] = W1, W2t
+                self.W1, self.W2t = bundle[:, :, 0], bundle[:, :, 1]
+                up, down = (bundle, 0), (bundle, 1)
+            else:  # each matrix its own bundle of one part
+                up, down = (W1.unsqueeze(2), 0), (W2t.unsqueeze(2), 0)
+            # for the kernel: (NumPy view of a bundle, part) for W1 and W2t, and b1
+            self._arrays = ((_numpy_view(up[0]), up[1]), _numpy_view(b1),
+                            (_numpy_view(down[0]), down[1]))
             # buffers reused by every step (a cold NumPy call costs tens of µs), one step at a
             # time; the kernel leaves the partial sums zero at the end of each layer
             self._lock = threading.Lock()
             self._offsets = np.zeros(W1.shape[0] + 1, dtype=np.int64)
-            self._u = torch.empty(W1.shape[2], dtype=self._acc).numpy()
+            self._stream = torch.empty(W1.shape[2], dtype=self._acc).numpy()  # the residual stream
+            self._u = np.empty_like(self._stream)  # its normalized copy, a layer's input
             self._partial = np.zeros((0, W1.shape[2]), dtype=self._u.dtype)  # a row per team thread
 
     @torch.no_grad()
@@ -638,29 +730,37 @@ class FusedFFNStack:
         _check_stack_inputs("FusedFFNStack", W1, x, idx)
         if self.backend == "ref":
             return fused_ffn_stack_ref(W1, b1, W2t, x, idx, self.activation, self.eps)
-        acc = self._acc
         if self.backend == "cpu":
-            ii = torch.cat(list(idx)).numpy() if idx else np.zeros(0, dtype=np.int64)
-            _check_range("FusedFFNStack", ii, W1.shape[1])
-            xx = x.detach().to(acc, copy=True).numpy()
-            with self._lock:
-                offsets, total = self._offsets, 0  # layer l's neurons: ii[offsets[l]:offsets[l+1]]
-                for layer, i in enumerate(idx):
-                    total += i.shape[0]
-                    offsets[layer + 1] = total
-                size = TEAM.size()
-                if self._partial.shape[0] != size:
-                    self._partial = np.zeros((size, xx.shape[0]), dtype=xx.dtype)
-                TEAM.run(_fused_ffn_stack_cpu, *self._arrays, xx, ii, offsets,
-                         _ACT_CODES[self.activation], self.eps, self._partial, self._u, size=size,
-                         slots=2 * len(idx) + 1)
-            return _as_tensor(xx, W1.dtype)
+            return self._cpu_step(x, idx)
+        acc = self._acc
         x = x.to(acc)
         for layer, i in enumerate(idx):
             u = _rms_normalize_ref(x, self.eps).to(W1.dtype)
             x = x + fused_ffn(W1[layer], b1[layer], W2t[layer], u, i, self.activation,
                               backend="triton").to(acc)
         return x.to(W1.dtype)
+
+    def _cpu_step(self, x: torch.Tensor, idx) -> torch.Tensor:
+        W1 = self.W1
+        if isinstance(idx, torch.Tensor):  # (layers, k): every set in one array already
+            ii, sizes = idx.numpy().reshape(-1), (idx.shape[1],) * idx.shape[0]
+        else:
+            ii = torch.cat(list(idx)).numpy() if idx else np.zeros(0, dtype=np.int64)
+            sizes = [i.shape[0] for i in idx]
+        _check_range("FusedFFNStack", ii, W1.shape[1])
+        out = np.empty(W1.shape[2], dtype=self._arrays[1].dtype)
+        with self._lock:
+            offsets, total = self._offsets, 0  # layer l's neurons: ii[offsets[l]:offsets[l+1]]
+            for layer, k in enumerate(sizes):
+                total += k
+                offsets[layer + 1] = total
+            size = TEAM.size()
+            if self._partial.shape[0] != size:
+                self._partial = np.zeros((size, W1.shape[2]), dtype=self._u.dtype)
+            TEAM.run(_fused_ffn_stack_cpu, *self._arrays, _numpy_view(x), ii, offsets,
+                     _ACT_CODES[self.activation], self.eps, self._stream, self._u, self._partial,
+                     out, size=size, slots=2 * W1.shape[0] + 1)
+        return _tensor_of(out, W1.dtype)
 
 
 def fused_ffn_stack(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, x: torch.Tensor,

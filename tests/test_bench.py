@@ -45,6 +45,26 @@ def test_measure_with_bandwidth_times_only_the_kernel_on_fresh_inputs():
         bench.measure_with_bandwidth(lambda: None, repeats=0)
 
 
+def test_measure_interleaved_runs_every_case_each_round_on_fresh_inputs():
+    log = []
+
+    def case(name):
+        made = []
+        return (lambda i: log.append((name, i)), lambda: (made.append(len(made)) or len(made) - 1,),
+                len(name))
+
+    runs = bench.measure_interleaved({"a": case("a"), "bb": case("bb"), "ccc": case("ccc")},
+                                     repeats=3, warmup=1, nbytes=16 * 2**20, seed=1)
+    rounds = [log[3 * r:3 * r + 3] for r in range(4)]
+    for r, calls in enumerate(rounds):  # one run of every case per round, each on its r-th input
+        assert sorted(calls) == [("a", r), ("bb", r), ("ccc", r)]
+    assert len({tuple(name for name, _ in calls) for calls in rounds}) > 1  # order shuffled
+    assert {key: (len(run.times), len(run.bandwidths), run.work_bytes) for key, run in runs.items()} \
+        == {"a": (3, 3, 1), "bb": (3, 3, 2), "ccc": (3, 3, 3)}
+    with pytest.raises(ValueError, match="repeats"):
+        bench.measure_interleaved({"a": case("a")}, repeats=0)
+
+
 def test_bandwidth_and_machine_info():
     gbs = bench.memory_bandwidth(nbytes=64 * 2**20, repeats=3)
     assert 0.1 < gbs < 10_000

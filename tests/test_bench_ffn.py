@@ -19,9 +19,10 @@ def test_run_reports_every_density_and_consistent_ratios():
         assert r["speedup"] == pytest.approx(r["dense_ms"] / r["sparse_ms"])
         assert r["bound"] == pytest.approx(1 / r["density"])
         assert r["share_of_bound"] > 0 and r["bandwidth_GBs"] > 0  # pairing: tests/test_bench.py
+        assert r["dense_share"] > 0 and r["dense_GBs"] > 0
         assert r["call_ms"] > 0 and r["share_beyond_call"] > r["share_of_bound"]
         assert r["loop_ms"] > 0 and r["loop_share"] > 0 and r["loop_bandwidth_GBs"] > 0
-        stacked = [r[f"{name}_{k}"] for name in ("stack", "stack_plain")
+        stacked = [r[f"{name}_{k}"] for name in ("stack", "stack_plain", "stack_separate")
                    for k in ("ms", "share", "bandwidth_GBs", "call_ms", "share_beyond_call")]
         # the one-call decode pass exists for the fused FFN only
         assert all(v > 0 for v in stacked) if r["op"] == "ffn" else all(math.isnan(v) for v in stacked)
@@ -29,11 +30,10 @@ def test_run_reports_every_density_and_consistent_ratios():
             assert r["stack_share_beyond_call"] > r["stack_share"]
 
 
-@pytest.mark.parametrize("huge_pages", [True, False])
-def test_decode_layers_are_equal_copies_in_separate_memory(huge_pages):
+def test_decode_layers_are_equal_copies_in_separate_memory():
     import torch
     W1, b1, W2t = torch.randn(6, 4), torch.randn(6), torch.randn(6, 4)
-    W1s, b1s, W2ts = bench_ffn.decode_layers(W1, b1, W2t, 3, huge_pages)
+    W1s, b1s, W2ts = bench_ffn.decode_layers(W1, b1, W2t, 3)
     assert W1s.shape == W2ts.shape == (3, 6, 4) and b1s.shape == (3, 6)
     for stacked, one in ((W1s, W1), (b1s, b1), (W2ts, W2t)):
         assert all(torch.equal(layer, one) for layer in stacked)

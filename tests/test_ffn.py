@@ -1,5 +1,7 @@
 """course_lib.ffn: gather/row GEMV kernels against torch, SparseFFN modes against the dense layer."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -181,19 +183,31 @@ def test_fused_ffn_stack_matches_the_dense_residual_stack(layers, d_ff, d_model,
     expected = _dense_stack(W1, b1, W2t, x, idx, activation)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
     x_before = x.clone()
-    for backend in ("cpu", "ref"):
-        got = ffn.fused_ffn_stack(W1, b1, W2t, x, idx, activation, backend=backend)
-        assert got.dtype == dtype
-        torch.testing.assert_close(got, expected, **tol)
+    forms = [idx]
+    if layers and len(set(sizes)) == 1:  # every layer keeps k neurons: also as one (layers, k) tensor
+        forms.append(torch.stack([i.to(index_dtypes[0]) for i in idx]))
+    unpacked = ffn.FusedFFNStack(W1, b1, W2t, activation, packed=False)  # reads W1, W2t as given
+    for step in [*(functools.partial(ffn.fused_ffn_stack, W1, b1, W2t, activation=activation,
+                                     backend=backend) for backend in ("cpu", "ref")), unpacked]:
+        for sets in forms:
+            got = step(x, sets)
+            assert got.dtype == dtype
+            torch.testing.assert_close(got, expected, **tol)
     assert torch.equal(x, x_before)  # the residual stream is the kernel's own copy
 
 
-def test_a_prepared_stack_serves_many_steps():
+@pytest.mark.parametrize("huge_pages", [True, False])
+def test_a_prepared_stack_serves_many_steps_from_its_own_packed_copy(huge_pages):
     W1, b1, W2t, x, idx = _stack_problem(3, 16, 8, (5, 16, 0), dtype=torch.float32)
-    stack = ffn.FusedFFNStack(W1, b1, W2t, "gelu")
-    for step in range(3):  # each step its own input and active sets; nothing carried over
-        x, idx = x.flip(0) + step, [i.flip(0) for i in idx]
-        torch.testing.assert_close(stack(x, idx), _dense_stack(W1, b1, W2t, x, idx, "gelu"))
+    stack = ffn.FusedFFNStack(W1, b1, W2t, "gelu", huge_pages=huge_pages)
+    # each neuron's W1 and W2t rows side by side in one copy, which stack.W1 / stack.W2t view
+    assert torch.equal(stack.W1, W1) and torch.equal(stack.W2t, W2t)
+    assert stack.W1.data_ptr() + W1.shape[2] * W1.element_size() == stack.W2t.data_ptr()
+    steps = [(x * step, [i[step:] for i in idx]) for step in range(3)]  # nothing carried over
+    expected = [_dense_stack(W1, b1, W2t, xs, sets, "gelu") for xs, sets in steps]
+    W1.zero_(), W2t.zero_()  # the caller's tensors may change or go: the stack has its copy
+    for (xs, sets), want in zip(steps, expected):
+        torch.testing.assert_close(stack(xs, sets), want)
 
 
 def test_a_prepared_stack_follows_the_team_size_and_serves_several_threads():
@@ -249,8 +263,12 @@ def test_fused_ffn_stack_bad_inputs_name_the_invariant():
         ffn.fused_ffn_stack(W1, b1, W2t[:, :, :4], x, idx)
     with pytest.raises(ValueError, match="list of 2 index tensors"):
         ffn.fused_ffn_stack(W1, b1, W2t, x, idx[:1])
-    with pytest.raises(ValueError, match="list of 2 index tensors"):
-        ffn.fused_ffn_stack(W1, b1, W2t, x, torch.stack(idx[:1] * 2))
+    with pytest.raises(ValueError, match=r"list of 2 index tensors .* or one \(2, k\) tensor"):
+        ffn.fused_ffn_stack(W1, b1, W2t, x, torch.stack(idx[:1]))
+    with pytest.raises(TypeError, match="int32 or int64"):
+        ffn.fused_ffn_stack(W1, b1, W2t, x, torch.stack(idx[:1] * 2).float())
+    with pytest.raises(ValueError, match="out of range"):
+        ffn.fused_ffn_stack(W1, b1, W2t, x, torch.stack([idx[0], idx[0] - 1]))
     with pytest.raises(ValueError, match="out of range"):
         ffn.fused_ffn_stack(W1, b1, W2t, x, [idx[0], torch.tensor([8])])
     with pytest.raises(TypeError, match="share a floating dtype"):
@@ -263,6 +281,26 @@ def test_fused_ffn_stack_bad_inputs_name_the_invariant():
         ffn.fused_ffn_stack(W1, b1, W2t, x[:4], idx)
     with pytest.raises(ValueError, match="activation"):
         ffn.fused_ffn_stack(W1, b1, W2t, x, idx, "tanh")
+
+
+@ffn.numba.njit
+def _stored_all(values, out):
+    for j in range(values.shape[0]):
+        out[j] = ffn._stored(values[j], out)
+
+
+@given(st.lists(st.integers(0, 2**32 - 1), max_size=50))
+def test_the_cpu_kernels_round_to_bf16_as_torch_does(bit_patterns):
+    # every float32 (as bits), with ties at both parities, infinities, NaN, subnormals and -0
+    special = [0x3F808000, 0x3F818000, 0xBF808000, 0x7F7FFFFF, 0x7F800000, 0xFF800000,
+               0x7FC00001, 0x00008000, 0x80000000, 0x00000001]
+    values = np.array(bit_patterns + special, dtype=np.uint32).view(np.float32)
+    bits = np.empty(values.shape[0], dtype=np.uint16)
+    _stored_all(values, bits)
+    expected = torch.from_numpy(values).bfloat16().view(torch.int16).numpy().view(np.uint16)
+    nan = np.isnan(values)
+    np.testing.assert_array_equal(bits[~nan], expected[~nan])
+    assert np.isnan(torch.from_numpy(bits[nan].view(np.int16)).view(torch.bfloat16).float().numpy()).all()
 
 
 @pytest.mark.parametrize("shape", [(3, 5), (0, 7), (2, 2**20 + 3)])
