@@ -487,11 +487,11 @@ def _fused_ffn_stack_cpu(W1, b1, W2t, x, idx, offsets, code, eps, stream, u, par
     # Every layer in one call, no Python between them: s ← s + FFN_l(u) with u = s / rms(s), for
     # the residual stream s (float32, float64 for float64 weights) that starts as x and ends in
     # out (rounded to the weights' dtype). W1 and W2t are (bundle, part) pairs: row j of layer l
-    # is bundle[l, j, part] (FusedFFNStack packs both into one bundle). state holds a chunk-counter pair per layer, then the
-    # count of layers whose input u is ready. The caller (tid 0) fills s and normalizes it; after
-    # each layer it waits for the layer's chunks, adds the partials to s, clears them and
-    # normalizes again. Helpers spin on that count (the barrier between layers) and so never
-    # sleep, or wait on Python, inside a decode step.
+    # is bundle[l, j, part] (FusedFFNStack packs both into one bundle). state holds a
+    # chunk-counter pair per layer, then the count of layers whose input u is ready. The caller
+    # (tid 0) fills s and normalizes it; after each layer it waits for the layer's chunks, adds
+    # the partials to s, clears them and normalizes again. Helpers spin on that count (the
+    # barrier between layers) and so never sleep, or wait on Python, inside a decode step.
     layers = b1.shape[0]
     ready = 2 * layers
     if tid == 0:
@@ -537,7 +537,9 @@ def _cpu_arrays(name, W, v, idx):
 
 def _tensor_of(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
     """The NumPy array ``a`` as a tensor of ``dtype`` without a copy (``_numpy_view`` reversed)."""
-    return torch.from_numpy(a.view(np.int16)).view(dtype) if dtype == torch.bfloat16 else torch.from_numpy(a)
+    if dtype == torch.bfloat16:
+        return torch.from_numpy(a.view(np.int16)).view(dtype)
+    return torch.from_numpy(a)
 
 
 def _as_tensor(out: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -682,14 +684,14 @@ class FusedFFNStack:
     ``huge_pages`` is false (:func:`empty_huge_pages`); ``self.W1``, ``self.W2t`` are then views
     of it, and the caller may drop its own tensors. ``packed=False`` reads the given tensors
     instead (to measure what the packing is worth).
-    On the CPU the whole step is one compiled call: it reads
-    ``x`` and the sets where they are, keeps the residual stream in a buffer of its own, writes
-    the result (rounded to bf16 there) into a new array, and the thread team meets at a spin
-    barrier between layers, so the fixed cost of a call is paid once per step instead of once per
-    layer. Each torch or NumPy call a step makes costs 15–40 µs when the step's weight stream has
-    evicted its code from the caches (measured), hence so few of them. Threads
-    claim chunks of rows as they come, so the summation order, and the last bits of the result,
-    can differ from call to call. The Triton path launches :func:`fused_ffn` per layer (``u``
+
+    On the CPU the whole step is one compiled call: it reads ``x`` and the sets where they are,
+    keeps the residual stream in a buffer of its own, writes the result (rounded to bf16 there)
+    into a new array, and the thread team meets at a spin barrier between layers, so the fixed
+    cost of a call is paid once per step instead of once per layer. Each torch or NumPy call a
+    step makes costs 15–40 µs when the step's weight stream has evicted its code from the caches
+    (measured), hence so few of them. Threads claim chunks of rows as they come, so the
+    summation order, and the last bits of the result, can differ from call to call. The Triton path launches :func:`fused_ffn` per layer (``u``
     rounded to the weights' dtype).
     """
 
