@@ -38,7 +38,8 @@ The layers' weights lie in 2 MiB transparent huge pages (``ffn.empty_huge_pages`
 stack packs its own copy, each neuron's W1 and W2t rows side by side. To measure what each is
 worth, the one-call pass is also timed, in the same rounds, with the packed copy in ordinary
 4 KiB pages (``stack_plain_*``) and without packing, on the layers as they are
-(``stack_separate_*``).
+(``stack_separate_*``). ``<step>_huge_pages`` records the share of each step's weights that the
+kernel did get in huge pages (``ffn.huge_page_share``; Linux may refuse them).
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def _run_dtype(dtype, d_model, d_ff, repeats, device, densities, gen, seed, prob
     steps = {"stack": ffn.FusedFFNStack(W1s, b1s, W2ts),
              "stack_plain": ffn.FusedFFNStack(W1s, b1s, W2ts, huge_pages=False),
              "stack_separate": ffn.FusedFFNStack(W1s, b1s, W2ts, packed=False)}
+    huge = {name: ffn.huge_page_share(step.W1) for name, step in steps.items()}
     itemsize = W1.element_size()
 
     def vec(n):
@@ -176,15 +178,16 @@ def _run_dtype(dtype, d_model, d_ff, repeats, device, densities, gen, seed, prob
             sparse, nbytes = measured.timing, measured.work_bytes
             stacked = {}
             for name in steps:
-                ms = share = bw = call_ms = beyond = math.nan
+                ms = share = bw = call_ms = beyond = in_huge = math.nan
                 if op == "ffn":
                     one_call, step_call_s = runs[name, density], runs[name, "call"].timing.median
                     ms = one_call.timing.median / layers * 1e3
                     share, bw = one_call.share, one_call.bandwidth_GBs
                     call_ms, beyond = step_call_s * 1e3, one_call.share_beyond(step_call_s)
+                    in_huge = math.nan if huge[name] is None else huge[name]
                 stacked |= {f"{name}_ms": ms, f"{name}_share": share,
                             f"{name}_bandwidth_GBs": bw, f"{name}_call_ms": call_ms,
-                            f"{name}_share_beyond_call": beyond}
+                            f"{name}_share_beyond_call": beyond, f"{name}_huge_pages": in_huge}
             rows.append({
                 "op": op, "dtype": str(dtype).removeprefix("torch."), "d_model": d_model,
                 "d_ff": d_ff, "density": density, "active": k,

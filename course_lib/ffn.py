@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import mmap
 import threading
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -786,11 +787,32 @@ def empty_huge_pages(*shape: int, dtype: torch.dtype = torch.float32) -> torch.T
     if nbytes == 0 or not hasattr(mmap, "MADV_HUGEPAGE"):
         return torch.empty(*shape, dtype=dtype)
     huge = 2 * 2**20
-    buf = mmap.mmap(-1, nbytes + huge)  # anonymous, private; freed with the last view of it
-    buf.madvise(mmap.MADV_HUGEPAGE)
+    # private: an anonymous mmap is MAP_SHARED by default, i.e. shared memory, which THP leaves
+    # in 4 KiB pages unless .../transparent_hugepage/shmem_enabled allows it (``never`` here)
+    buf = mmap.mmap(-1, nbytes + huge, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    buf.madvise(mmap.MADV_HUGEPAGE)  # freed with the last view of it
     raw = np.frombuffer(buf, dtype=np.uint8)
     start = -raw.ctypes.data % huge
     return torch.from_numpy(raw[start:start + nbytes]).view(dtype).view(shape)
+
+
+def huge_page_share(t: torch.Tensor) -> float | None:
+    """The share of ``t``'s bytes that lie in transparent huge pages (``AnonHugePages`` of the
+    mappings that hold it, from /proc/self/smaps), or None where there is no such file."""
+    try:
+        lines = Path("/proc/self/smaps").read_text().splitlines()
+    except OSError:
+        return None
+    lo, hi = t.data_ptr(), t.data_ptr() + t.numel() * t.element_size()
+    huge, inside = 0, False
+    for line in lines:
+        head = line.split()[0]
+        if "-" in head and not head.endswith(":"):  # a mapping's first line: start-end perms …
+            start, end = (int(a, 16) for a in head.split("-"))
+            inside = start < hi and lo < end
+        elif inside and head == "AnonHugePages:":
+            huge += int(line.split()[1]) * 1024
+    return min(1.0, huge / (hi - lo)) if hi > lo else 0.0
 
 
 def gemv_bytes(rows: int, cols: int, itemsize: int, index_itemsize: int = 0) -> int:

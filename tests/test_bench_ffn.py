@@ -28,6 +28,7 @@ def test_run_reports_every_density_and_consistent_ratios():
         assert all(v > 0 for v in stacked) if r["op"] == "ffn" else all(math.isnan(v) for v in stacked)
         if r["op"] == "ffn":
             assert r["stack_share_beyond_call"] > r["stack_share"]
+            assert all(0 <= r[f"{name}_huge_pages"] <= 1 for name in ("stack", "stack_plain"))
 
 
 def test_decode_layers_are_equal_copies_in_separate_memory():
