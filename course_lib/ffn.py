@@ -483,21 +483,19 @@ def _rms_normalize(x, u, eps):  # pragma: no cover - compiled
 
 
 @numba.njit(fastmath=True, nogil=True, cache=True)
-def _fused_ffn_stack_cpu(W1, b1, W2t, x, idx, offsets, code, eps, stream, u, partial, out,
+def _fused_ffn_stack_cpu(W1, b1, W2t, idx, offsets, code, eps, stream, u, partial, out,
                          tid, state):  # pragma: no cover - compiled
     # Every layer in one call, no Python between them: s ← s + FFN_l(u) with u = s / rms(s), for
-    # the residual stream s (float32, float64 for float64 weights) that starts as x and ends in
-    # out (rounded to the weights' dtype). W1 and W2t are (bundle, part) pairs: row j of layer l
+    # the residual stream s (float32, float64 for float64 weights) that the caller has set to x,
+    # ending in out (rounded to the weights' dtype). W1 and W2t are (bundle, part) pairs: row j of layer l
     # is bundle[l, j, part] (FusedFFNStack packs both into one bundle). state holds a
     # chunk-counter pair per layer, then the count of layers whose input u is ready. The caller
-    # (tid 0) fills s and normalizes it; after each layer it waits for the layer's chunks, adds
+    # (tid 0) normalizes s; after each layer it waits for the layer's chunks, adds
     # the partials to s, clears them and normalizes again. Helpers spin on that count (the
     # barrier between layers) and so never sleep, or wait on Python, inside a decode step.
     layers = b1.shape[0]
     ready = 2 * layers
     if tid == 0:
-        for j in range(x.shape[0]):
-            stream[j] = _value(x[j])
         _rms_normalize(stream, u, eps)
         fetch_add(state, ready, 1)
     for layer in range(layers):
@@ -534,13 +532,6 @@ def _cpu_arrays(name, W, v, idx):
     Wn = _numpy_view(W)
     acc_dtype = np.float32 if Wn.dtype == np.uint16 else Wn.dtype  # bf16 accumulates in float32
     return Wn, _numpy_view(v), idx.contiguous().numpy(), acc_dtype
-
-
-def _tensor_of(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-    """The NumPy array ``a`` as a tensor of ``dtype`` without a copy (``_numpy_view`` reversed)."""
-    if dtype == torch.bfloat16:
-        return torch.from_numpy(a.view(np.int16)).view(dtype)
-    return torch.from_numpy(a)
 
 
 def _as_tensor(out: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
@@ -680,20 +671,21 @@ class FusedFFNStack:
     prepares them at load time: a copy in which each neuron's ``W1`` row and ``W2t`` row lie side
     by side, ``bundle[l, j] = (W1[l, j], W2t[l, j])`` (the row-column bundling of "LLM in a
     flash", there for reads from flash), so that an active neuron is one contiguous run of
-    ``2·d_model`` values instead of two runs at unrelated addresses (each run's start costs
-    time, which weighs most at low density and in bf16). The copy lies in 2 MiB pages unless
+    ``2·d_model`` values instead of two runs at unrelated addresses (measured: about 2 points of
+    the bandwidth bound in 4 KiB pages, nothing in 2 MiB pages). The copy lies in 2 MiB pages unless
     ``huge_pages`` is false (:func:`empty_huge_pages`); ``self.W1``, ``self.W2t`` are then views
     of it, and the caller may drop its own tensors. ``packed=False`` reads the given tensors
     instead (to measure what the packing is worth).
 
-    On the CPU the whole step is one compiled call: it reads ``x`` and the sets where they are,
-    keeps the residual stream in a buffer of its own, writes the result (rounded to bf16 there)
-    into a new array, and the thread team meets at a spin barrier between layers, so the fixed
-    cost of a call is paid once per step instead of once per layer. Each torch or NumPy call a
-    step makes costs 15–40 µs when the step's weight stream has evicted its code from the caches
-    (measured), hence so few of them. Threads claim chunks of rows as they come, so the
-    summation order, and the last bits of the result, can differ from call to call. The Triton path launches :func:`fused_ffn` per layer (``u``
-    rounded to the weights' dtype).
+    On the CPU the whole step is one compiled call: ``x`` is copied into the residual stream's
+    buffer, the kernel reads the sets where they are and writes the result (rounded to bf16
+    there) into a buffer of which the caller gets a copy, and the thread team meets at a spin
+    barrier between layers, so the fixed cost of a call is paid once per step instead of once
+    per layer. Each torch or NumPy call a step makes costs 15–40 µs when the step's weight stream
+    has evicted its code from the caches (measured), hence so few of them. Threads claim chunks
+    of rows as they come, so the summation order, and the last bits of the result, can differ
+    from call to call. The Triton path launches :func:`fused_ffn` per layer (``u`` rounded to
+    the weights' dtype).
     """
 
     def __init__(self, W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor,
@@ -723,8 +715,14 @@ class FusedFFNStack:
             # time; the kernel leaves the partial sums zero at the end of each layer
             self._lock = threading.Lock()
             self._offsets = np.zeros(W1.shape[0] + 1, dtype=np.int64)
-            self._stream = torch.empty(W1.shape[2], dtype=self._acc).numpy()  # the residual stream
-            self._u = np.empty_like(self._stream)  # its normalized copy, a layer's input
+            # the residual stream (a step copies x into it: one torch call, where viewing x for
+            # the kernel took five), its normalized copy (a layer's input), the step's result
+            # (the caller gets a clone: one call again, where wrapping a new array took four)
+            self._stream_t = torch.empty(W1.shape[2], dtype=self._acc)
+            self._stream = self._stream_t.numpy()
+            self._u = np.empty_like(self._stream)
+            self._out_t = torch.empty(W1.shape[2], dtype=W1.dtype)
+            self._out = _numpy_view(self._out_t)
             self._partial = np.zeros((0, W1.shape[2]), dtype=self._u.dtype)  # a row per team thread
 
     @torch.no_grad()
@@ -751,7 +749,6 @@ class FusedFFNStack:
             ii = torch.cat(list(idx)).numpy() if idx else np.zeros(0, dtype=np.int64)
             sizes = [i.shape[0] for i in idx]
         _check_range("FusedFFNStack", ii, W1.shape[1])
-        out = np.empty(W1.shape[2], dtype=self._arrays[1].dtype)
         with self._lock:
             offsets, total = self._offsets, 0  # layer l's neurons: ii[offsets[l]:offsets[l+1]]
             for layer, k in enumerate(sizes):
@@ -760,10 +757,11 @@ class FusedFFNStack:
             size = TEAM.size()
             if self._partial.shape[0] != size:
                 self._partial = np.zeros((size, W1.shape[2]), dtype=self._u.dtype)
-            TEAM.run(_fused_ffn_stack_cpu, *self._arrays, _numpy_view(x), ii, offsets,
-                     _ACT_CODES[self.activation], self.eps, self._stream, self._u, self._partial,
-                     out, size=size, slots=2 * W1.shape[0] + 1)
-        return _tensor_of(out, W1.dtype)
+            self._stream_t.copy_(x)
+            TEAM.run(_fused_ffn_stack_cpu, *self._arrays, ii, offsets, _ACT_CODES[self.activation],
+                     self.eps, self._stream, self._u, self._partial, self._out, size=size,
+                     slots=2 * W1.shape[0] + 1)
+            return self._out_t.clone()
 
 
 def fused_ffn_stack(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, x: torch.Tensor,
