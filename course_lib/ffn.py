@@ -672,7 +672,7 @@ class FusedFFNStack:
     by side, ``bundle[l, j] = (W1[l, j], W2t[l, j])`` (the row-column bundling of "LLM in a
     flash", there for reads from flash), so that an active neuron is one contiguous run of
     ``2·d_model`` values instead of two runs at unrelated addresses (measured: about 2 points of
-    the bandwidth bound in 4 KiB pages, nothing in 2 MiB pages). The copy lies in 2 MiB pages unless
+    the bandwidth bound in 4 KiB pages, within the noise in 2 MiB pages). The copy lies in 2 MiB pages unless
     ``huge_pages`` is false (:func:`empty_huge_pages`); ``self.W1``, ``self.W2t`` are then views
     of it, and the caller may drop its own tensors. ``packed=False`` reads the given tensors
     instead (to measure what the packing is worth).
