@@ -487,12 +487,12 @@ def _fused_ffn_stack_cpu(W1, b1, W2t, idx, offsets, code, eps, stream, u, partia
                          tid, state):  # pragma: no cover - compiled
     # Every layer in one call, no Python between them: s ← s + FFN_l(u) with u = s / rms(s), for
     # the residual stream s (float32, float64 for float64 weights) that the caller has set to x,
-    # ending in out (rounded to the weights' dtype). W1 and W2t are (bundle, part) pairs: row j of layer l
-    # is bundle[l, j, part] (FusedFFNStack packs both into one bundle). state holds a
+    # ending in out (rounded to the weights' dtype). W1 and W2t are (bundle, part) pairs: row j
+    # of layer l is bundle[l, j, part] (FusedFFNStack packs both into one bundle). state holds a
     # chunk-counter pair per layer, then the count of layers whose input u is ready. The caller
-    # (tid 0) normalizes s; after each layer it waits for the layer's chunks, adds
-    # the partials to s, clears them and normalizes again. Helpers spin on that count (the
-    # barrier between layers) and so never sleep, or wait on Python, inside a decode step.
+    # (tid 0) normalizes s; after each layer it waits for the layer's chunks, adds the partials
+    # to s, clears them and normalizes again. Helpers spin on that count (the barrier between
+    # layers) and so never sleep, or wait on Python, inside a decode step.
     layers = b1.shape[0]
     ready = 2 * layers
     if tid == 0:
@@ -672,10 +672,10 @@ class FusedFFNStack:
     by side, ``bundle[l, j] = (W1[l, j], W2t[l, j])`` (the row-column bundling of "LLM in a
     flash", there for reads from flash), so that an active neuron is one contiguous run of
     ``2·d_model`` values instead of two runs at unrelated addresses (measured: about 2 points of
-    the bandwidth bound in 4 KiB pages, within the noise in 2 MiB pages). The copy lies in 2 MiB pages unless
-    ``huge_pages`` is false (:func:`empty_huge_pages`); ``self.W1``, ``self.W2t`` are then views
-    of it, and the caller may drop its own tensors. ``packed=False`` reads the given tensors
-    instead (to measure what the packing is worth).
+    the bandwidth bound in 4 KiB pages, within the noise in 2 MiB pages). The copy lies in 2 MiB
+    pages unless ``huge_pages`` is false (:func:`empty_huge_pages`); ``self.W1``, ``self.W2t``
+    are then views of it, and the caller may drop its own tensors. ``packed=False`` reads the
+    given tensors instead (to measure what the packing is worth).
 
     On the CPU the whole step is one compiled call: ``x`` is copied into the residual stream's
     buffer, the kernel reads the sets where they are and writes the result (rounded to bf16
