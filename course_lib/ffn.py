@@ -794,6 +794,18 @@ def empty_huge_pages(*shape: int, dtype: torch.dtype = torch.float32) -> torch.T
     return torch.from_numpy(raw[start:start + nbytes]).view(dtype).view(shape)
 
 
+def thp_mode(switch: str = "enabled",
+             folder: str | Path = "/sys/kernel/mm/transparent_hugepage") -> str | None:
+    """The mode of Linux's transparent huge pages: the bracketed word of ``folder/switch``
+    (``enabled`` for private memory, ``shmem_enabled`` for shared memory), or None where there
+    is no such file."""
+    try:
+        text = Path(folder, switch).read_text()
+    except OSError:
+        return None
+    return text[text.index("[") + 1:text.index("]")]
+
+
 def huge_page_share(t: torch.Tensor) -> float | None:
     """The share of ``t``'s bytes that lie in transparent huge pages (``AnonHugePages`` of the
     mappings that hold it, from /proc/self/smaps), or None where there is no such file."""

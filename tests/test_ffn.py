@@ -314,29 +314,27 @@ def test_empty_huge_pages_is_a_writable_aligned_tensor(shape):
         assert t.data_ptr() % (2 * 2**20) == 0  # starts on a 2 MiB page
 
 
-def _thp_mode() -> str:
-    try:
-        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
-    except OSError:
-        return "absent"
-    return text[text.index("[") + 1:text.index("]")]
-
-
 def test_empty_huge_pages_really_gets_huge_pages_where_linux_offers_them():
     # A shared anonymous mapping (Python's mmap default) stays in 4 KiB pages whatever madvise
     # says: empty_huge_pages once did that, and the benchmark's "2 MiB pages" were not.
-    if _thp_mode() not in ("always", "madvise"):
-        pytest.skip(f"transparent huge pages: {_thp_mode()}")
+    if ffn.thp_mode() not in ("always", "madvise"):
+        pytest.skip(f"transparent huge pages: {ffn.thp_mode()}")
     t = ffn.empty_huge_pages(8 * 2**20 // 4)
     t.fill_(1.0)  # the pages exist once touched
     assert ffn.huge_page_share(t) > 0.5
+
+
+def test_thp_mode_reads_the_bracketed_word(tmp_path):
+    (tmp_path / "enabled").write_text("always [madvise] never\n")
+    assert ffn.thp_mode(folder=tmp_path) == "madvise"
+    assert ffn.thp_mode("shmem_enabled", folder=tmp_path) is None  # no such file
 
 
 def test_huge_page_share_of_small_and_plain_tensors():
     if ffn.huge_page_share(torch.ones(1)) is None:
         pytest.skip("no /proc/self/smaps")
     assert ffn.huge_page_share(torch.ones(0)) == 0.0
-    if _thp_mode() == "madvise":  # without the advice, malloc'ed memory stays in 4 KiB pages
+    if ffn.thp_mode() == "madvise":  # without the advice, malloc'ed memory stays in 4 KiB pages
         assert ffn.huge_page_share(torch.ones(4 * 2**20)) == 0.0
 
 
