@@ -1,4 +1,6 @@
-"""Mixture-of-experts: noisy top-k gating, Switch load balancing, capacity and token dropping.
+"""Mixture-of-experts: noisy top-k gating, Switch load balancing, capacity and token dropping,
+plus the later designs of :mod:`course_lib.moe_routing` (shared experts, loss-free bias, expert
+choice, z-loss) as options of one layer.
 
 For a token ``x`` the layer computes ``y = Σ_{e ∈ TopK(H(x))} g_e(x) · E_e(x)`` with
 
@@ -9,6 +11,11 @@ For a token ``x`` the layer computes ``y = Σ_{e ∈ TopK(H(x))} g_e(x) · E_e(x
 * a capacity of ``C = ⌈capacity_factor · k · T / N⌉`` assignments per expert for ``T`` tokens:
   assignments beyond it are **dropped** (first choices of all tokens have priority over second
   choices; within a choice, earlier tokens first), their gate contributes nothing.
+
+Options of :class:`MoE`: ``n_shared`` of the ``n_experts`` are *shared* (always on, gate 1,
+DeepSeekMoE); ``bias_rate > 0`` selects by ``H + b`` with a per-expert bias updated from the load
+(:meth:`MoE.update_bias`, loss-free balancing); ``routing="expert_choice"`` lets each expert pick
+its ``C`` best tokens; ``z_loss`` adds ``β·mean_t (logsumexp H_t)²`` to ``aux_loss``.
 
 Dispatch groups the kept assignments by expert (a stable sort by expert id) and runs each expert on
 its own tokens only; :meth:`MoE.dense_reference` runs every expert on every token and combines with
@@ -23,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .moe_routing import expert_choice, expert_load, loss_free_bias_update, router_z_loss
+
 __all__ = ["noisy_top_k", "load_balancing_loss", "expert_capacity", "dispatch", "Routing", "MoE",
            "MoEClassifier", "dispatch_ref"]
 
@@ -30,14 +39,16 @@ __all__ = ["noisy_top_k", "load_balancing_loss", "expert_capacity", "dispatch", 
 # --------------------------------------------------------------------------- routing pieces
 
 def noisy_top_k(logits: torch.Tensor, k: int, noise_std: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, renormalize: bool = True
+                generator: torch.Generator | None = None, renormalize: bool = True,
+                bias: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Noisy top-k gating: ``H = logits + ε·noise_std``; keep the top ``k`` of ``H`` per token.
+    """Noisy top-k gating: ``H = logits + ε·noise_std``; keep the top ``k`` of ``H + bias`` per token.
 
-    Returns ``(H, idx, gates)``: ``idx (T, k)`` experts in decreasing ``H``; ``gates`` is
+    Returns ``(H, idx, gates)``: ``idx (T, k)`` experts in decreasing ``H + bias``; ``gates`` is
     ``softmax(H[idx])`` (Shazeer: softmax over the kept logits) if ``renormalize``, else
     ``softmax(H)[idx]`` (Switch: the full router probability). With ``k = 1`` the renormalised
     gate is always 1, so the task loss gives the router no gradient: use ``renormalize=False``.
+    ``bias (N,)`` (loss-free balancing) changes which experts are chosen, never the gate values.
     """
     if logits.ndim != 2:
         raise ValueError(f"logits must be (tokens, experts), got shape {tuple(logits.shape)}")
@@ -47,7 +58,8 @@ def noisy_top_k(logits: torch.Tensor, k: int, noise_std: torch.Tensor | None = N
     if noise_std is not None:
         eps = torch.randn(logits.shape, generator=generator, dtype=logits.dtype)
         H = logits + eps * noise_std
-    top, idx = H.topk(k, dim=1)
+    idx = (H if bias is None else H + bias).topk(k, dim=1).indices
+    top = H.gather(1, idx)
     gates = torch.softmax(top, dim=1) if renormalize else torch.softmax(H, dim=1).gather(1, idx)
     return H, idx, gates
 
@@ -119,21 +131,45 @@ class Routing:
 
 # --------------------------------------------------------------------------- the layer
 
+ROUTINGS = ("token_choice", "expert_choice")
+
+
 class MoE(nn.Module):
-    """``N`` two-layer ReLU experts ``d_in → d_hidden → d_out`` behind a noisy top-k router."""
+    """``N`` two-layer ReLU experts ``d_in → d_hidden → d_out`` behind a (noisy) router.
+
+    The last ``n_shared`` experts are shared (every token, gate 1); the router scores the other
+    ``n_routed = N − n_shared``. ``routing="token_choice"``: each token takes ``k`` experts
+    (capacity ``⌈cf·k·T/n_routed⌉``, the rest dropped); ``"expert_choice"``: each routed expert
+    takes its ``⌈cf·k·T/n_routed⌉`` best tokens by router probability. ``bias_rate`` γ > 0 turns
+    on loss-free balancing (:meth:`update_bias`), ``z_loss`` β > 0 the router z-loss.
+    """
 
     def __init__(self, d_in: int, d_out: int, n_experts: int, k: int = 2, d_hidden: int = 32,
                  capacity_factor: float | None = 1.25, noisy: bool = True, alpha: float = 0.01,
-                 renormalize: bool | None = None, seed: int = 0):
+                 renormalize: bool | None = None, seed: int = 0, n_shared: int = 0,
+                 routing: str = "token_choice", bias_rate: float = 0.0, z_loss: float = 0.0):
         super().__init__()
-        if not 1 <= k <= n_experts:
-            raise ValueError(f"need 1 <= k <= n_experts, got k={k}, n_experts={n_experts}")
+        if not 0 <= n_shared <= n_experts:
+            raise ValueError(f"n_shared={n_shared} shared experts must be in [0, n_experts={n_experts}]")
+        n_routed = n_experts - n_shared
+        if not 1 <= k <= n_routed:
+            raise ValueError(f"need 1 <= k <= n_experts - n_shared (routed experts), got k={k}, "
+                             f"n_experts={n_experts}, n_shared={n_shared}")
+        if capacity_factor is not None and capacity_factor <= 0:
+            raise ValueError(f"capacity_factor must be positive, got {capacity_factor}")
+        if routing not in ROUTINGS:
+            raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
+        if bias_rate < 0 or z_loss < 0:
+            raise ValueError(f"bias_rate and z_loss must be >= 0, got {bias_rate}, {z_loss}")
         g = torch.Generator().manual_seed(seed)
         init = lambda *shape, fan_in: (torch.rand(*shape, generator=g) * 2 - 1) / math.sqrt(fan_in)  # noqa: E731
         self.n_experts, self.k, self.capacity_factor, self.alpha = n_experts, k, capacity_factor, alpha
+        self.n_shared, self.n_routed, self.routing = n_shared, n_routed, routing
+        self.bias_rate, self.z_loss = bias_rate, z_loss
         self.renormalize = k > 1 if renormalize is None else renormalize  # Shazeer for k>1, Switch for k=1
-        self.w_gate = nn.Parameter(0.1 * init(d_in, n_experts, fan_in=d_in))
-        self.w_noise = nn.Parameter(torch.zeros(d_in, n_experts)) if noisy else None
+        self.w_gate = nn.Parameter(0.1 * init(d_in, n_routed, fan_in=d_in))
+        self.w_noise = nn.Parameter(torch.zeros(d_in, n_routed)) if noisy else None
+        self.register_buffer("expert_bias", torch.zeros(n_routed))
         self.W1 = nn.Parameter(init(n_experts, d_in, d_hidden, fan_in=d_in))
         self.b1 = nn.Parameter(torch.zeros(n_experts, d_hidden))
         self.W2 = nn.Parameter(init(n_experts, d_hidden, d_out, fan_in=d_hidden))
@@ -146,14 +182,40 @@ class MoE(nn.Module):
         return torch.relu(x @ self.W1[e] + self.b1[e]) @ self.W2[e] + self.b2[e]
 
     def route(self, x: torch.Tensor) -> Routing:
-        """Noisy (training only) top-k routing of ``x (T, d_in)`` and the capacity ``keep`` mask."""
-        cf = self.capacity_factor
+        """Routing of ``x (T, d_in)`` over the routed experts and the ``keep`` mask.
+
+        Token choice: noisy (training only) top-k of ``H + expert_bias``, capacity dispatch.
+        Expert choice: ``idx[t] = 0..n_routed-1``, ``gates = softmax(H)``, ``keep`` from
+        :func:`~course_lib.moe_routing.expert_choice` (a token may get 0..n_routed experts).
+        """
+        C = expert_capacity(len(x), self.n_routed, self.k, self.capacity_factor)
         noise = None
         if self.training and self.w_noise is not None:
             noise = nn.functional.softplus(x @ self.w_noise)
-        H, idx, gates = noisy_top_k(x @ self.w_gate, self.k, noise, renormalize=self.renormalize)
-        keep = dispatch(idx, self.n_experts, expert_capacity(len(x), self.n_experts, self.k, cf))
-        return Routing(H, idx, gates, keep)
+        if self.routing == "expert_choice":
+            H = x @ self.w_gate if noise is None else x @ self.w_gate + torch.randn_like(noise) * noise
+            probs = torch.softmax(H, dim=1)
+            idx = torch.arange(self.n_routed).expand(len(x), -1)
+            keep = expert_choice(probs.detach(), C) if len(x) else torch.zeros(idx.shape, dtype=torch.bool)
+            return Routing(H, idx, probs, keep)
+        bias = self.expert_bias if self.bias_rate > 0 else None
+        H, idx, gates = noisy_top_k(x @ self.w_gate, self.k, noise, renormalize=self.renormalize,
+                                    bias=bias)
+        return Routing(H, idx, gates, dispatch(idx, self.n_routed, C))
+
+    def update_bias(self) -> None:
+        """Loss-free balancing step on the last routing: ``b ← b + γ·sign(mean(c) − c)``."""
+        if self.bias_rate > 0 and self.last_routing is not None:
+            r = self.last_routing
+            load = expert_load(r.idx, None, self.n_routed)  # demand, before capacity drops
+            self.expert_bias.copy_(loss_free_bias_update(self.expert_bias, load, self.bias_rate))
+
+    def shared(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of the shared experts, ``Σ_{s ≥ n_routed} E_s(x)`` (zero without shared experts)."""
+        y = x.new_zeros(len(x), self.W2.shape[2])
+        for e in range(self.n_routed, self.n_experts):
+            y = y + self.expert(e, x)
+        return y
 
     def combine(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
         """Grouped dispatch: expert ``e`` runs on its kept tokens only; outputs are gate-weighted
@@ -162,34 +224,43 @@ class MoE(nn.Module):
         experts, gates = r.idx[r.keep], r.gates[r.keep]
         order = torch.argsort(experts, stable=True)
         tokens, experts, gates = tokens[order], experts[order], gates[order]
-        counts = torch.bincount(experts, minlength=self.n_experts).tolist()
-        y = x.new_zeros(len(x), self.W2.shape[2])
+        counts = torch.bincount(experts, minlength=self.n_routed).tolist()
+        y = self.shared(x)
         for e, (tok, g) in enumerate(zip(tokens.split(counts), gates.split(counts))):
             if len(tok):
                 y = y.index_add(0, tok, g.unsqueeze(1) * self.expert(e, x[tok]))
         return y
 
     def dense_reference(self, x: torch.Tensor, r: Routing) -> torch.Tensor:
-        """Oracle: every expert on every token, ``y = Σ_e G[:, e] · E_e(x)`` with a dense gate matrix."""
-        G = x.new_zeros(len(x), self.n_experts)
-        G.scatter_add_(1, r.idx, r.gates * r.keep)
+        """Oracle: every expert on every token, ``y = Σ_e G[:, e] · E_e(x)`` with a dense gate
+        matrix (shared experts: gate 1)."""
+        G = torch.cat([x.new_zeros(len(x), self.n_routed), x.new_ones(len(x), self.n_shared)], dim=1)
+        G[:, :self.n_routed].scatter_add_(1, r.idx, r.gates * r.keep)
         outs = torch.stack([self.expert(e, x) for e in range(self.n_experts)], dim=1)  # (T, N, d_out)
         return (G.unsqueeze(2) * outs).sum(dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Route, store ``aux_loss = α·N·Σ f_i P_i`` and ``last_routing``, combine."""
+        """Route, store ``aux_loss = α·N·Σ f_i P_i + β·z-loss`` and ``last_routing``, combine.
+
+        The Switch term applies to token choice only (expert choice is balanced by construction).
+        """
         if x.ndim != 2:
             raise ValueError(f"x must be (tokens, d_in), got shape {tuple(x.shape)}")
         r = self.route(x)
-        self.aux_loss = self.alpha * load_balancing_loss(r.probs, r.idx)
+        self.aux_loss = torch.zeros((), dtype=x.dtype)
+        if self.alpha and self.routing == "token_choice" and len(x):
+            self.aux_loss = self.alpha * load_balancing_loss(r.probs, r.idx)
+        if self.z_loss and len(x):
+            self.aux_loss = self.aux_loss + self.z_loss * router_z_loss(r.H)
         self.last_routing = r
         return self.combine(x, r)
 
     def flops_per_token(self) -> int:
-        """Multiply-adds ×2 per token: the router plus ``k`` experts (dropped tokens not subtracted)."""
+        """Multiply-adds ×2 per token: the router plus ``k`` routed and the shared experts (dropped
+        tokens not subtracted; for expert choice, ``k`` is the mean experts per token)."""
         d_in, d_hidden = self.W1.shape[1:]
         d_out = self.W2.shape[2]
-        return 2 * d_in * self.n_experts + self.k * 2 * (d_in * d_hidden + d_hidden * d_out)
+        return 2 * d_in * self.n_routed + (self.k + self.n_shared) * 2 * (d_in * d_hidden + d_hidden * d_out)
 
 
 class MoEClassifier(nn.Module):
