@@ -1,4 +1,4 @@
-"""Generate the learner notebooks in exercises/ from their single source in solutions/.
+"""Generate the learner notebooks in exercises/ and the grader's check bundle from solutions/.
 
 Rules (the nbgrader convention, implemented with nbformat):
 
@@ -10,6 +10,11 @@ Rules (the nbgrader convention, implemented with nbformat):
   book's dropdown solutions) are dropped;
 * everything else (prose, set-up, graded checks) is kept; outputs are stripped.
 
+It also writes ``course_lib/checks.json``, the course's copy of every exercise: set-up cells,
+solution cells (course solution, learner stub, ``forbid`` list and rules), graded check cells
+with their points and a SHA-256 of each. The grader reads the checks and points from this
+bundle only, never from the learner's notebook.
+
 Usage::
 
     python -m course_lib.exercises                 # regenerate exercises/ from solutions/
@@ -20,8 +25,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import re
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 import nbformat
@@ -29,6 +37,7 @@ import nbformat
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 _GATE = re.compile(r"^\s*(`{3,}|:{3,})\{solution-(start|end)\}.*?\1\s*$", re.S)
 ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = Path(__file__).resolve().parent / "checks.json"
 NOTE = ("*Generated from `{src}` by `make exercises`: do not edit the source; solve the "
         "exercises below and grade them with `make grade`.*")
 
@@ -112,6 +121,8 @@ def out_of_date(root: Path = ROOT) -> list[str]:
         dst = root / "exercises" / src.name
         if not dst.exists() or dst.read_text(encoding="utf-8") != render(src):
             stale.append(str(dst.relative_to(root)))
+    if root == ROOT and (not BUNDLE.exists() or BUNDLE.read_text(encoding="utf-8") != render_bundle(root)):
+        stale.append(str(BUNDLE.relative_to(ROOT)))
     names = {s.name for s in sources(root)}
     stale += [f"exercises/{p.name} (no source)" for p in sorted((root / "exercises").glob("*.ipynb"))
               if p.name not in names]
@@ -127,11 +138,104 @@ def generate(root: Path = ROOT) -> list[Path]:
         if not dst.exists() or dst.read_text(encoding="utf-8") != text:
             dst.write_text(text, encoding="utf-8")
             written.append(dst)
+    if root == ROOT:
+        text = render_bundle(root)
+        if not BUNDLE.exists() or BUNDLE.read_text(encoding="utf-8") != text:
+            BUNDLE.write_text(text, encoding="utf-8")
+            written.append(BUNDLE)
     for orphan in (root / "exercises").glob("*.ipynb"):
         if not (root / "solutions" / orphan.name).exists():
             orphan.unlink()
             written.append(orphan)
     return written
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def bundle_entry(nb, src_name: str) -> dict:
+    """The course's copy of one exercise notebook: its code cells by role, in order."""
+    cells, totals, n_checks = [], {}, {}
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        meta = cell.metadata.get("course", {})
+        where = f"{src_name} cell {i}"
+        if "points" in meta:
+            ex = meta["exercise"]
+            n = n_checks[ex] = n_checks.get(ex, -1) + 1
+            points = float(meta["points"])
+            if points <= 0:
+                raise ValueError(f"{where}: points must be positive, got {points}")
+            totals[ex] = totals.get(ex, 0.0) + points
+            cells.append({"role": "check", "key": f"{ex}/{n}", "exercise": ex, "points": points,
+                          "source": cell.source, "sha256": _sha(cell.source)})
+        elif BEGIN in cell.source or "exercise" in meta:
+            ex = meta.get("exercise")
+            if not ex:
+                raise ValueError(f"{where}: a solution cell needs metadata course.exercise")
+            stub = f'raise NotImplementedError("Exercise {ex}: your code here")'
+            cells.append({"role": "solution", "exercise": ex, "source": cell.source,
+                          "stub": _replace_blocks(cell.source, stub, where),
+                          "forbid": list(meta.get("forbid", [])),
+                          "rules": list(meta.get("rules", []))})
+        else:
+            cells.append({"role": "setup", "source": cell.source})
+    solved = {c["exercise"] for c in cells if c["role"] == "solution"}
+    for ex in totals:
+        if ex not in solved:
+            raise ValueError(f"{src_name}: exercise {ex} has checks but no solution cell")
+    return {"source": src_name, "cells": cells, "exercises": totals}
+
+
+def build_bundle(root: Path = ROOT) -> dict:
+    """Every notebook's entry, the course version, and one hash over all checks."""
+    from course_lib import __version__
+    notebooks = {src.stem: bundle_entry(nbformat.read(src, as_version=4), f"solutions/{src.name}")
+                 for src in sources(root)}
+    graded = {stem: [(c["role"], c.get("key"), c.get("points"), c["source"], c.get("forbid"),
+                      c.get("rules")) for c in e["cells"] if c["role"] != "solution"]
+              + [(c["exercise"], c["forbid"], c["rules"]) for c in e["cells"]
+                 if c["role"] == "solution"]
+              for stem, e in notebooks.items()}
+    return {"course_version": __version__,
+            "checks_sha256": _sha(json.dumps(graded, sort_keys=True)),
+            "notebooks": notebooks}
+
+
+def render_bundle(root: Path = ROOT) -> str:
+    return json.dumps(build_bundle(root), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+@lru_cache(maxsize=1)
+def load_bundle() -> dict:
+    """The installed check bundle (``course_lib/checks.json``)."""
+    if not BUNDLE.exists():
+        raise FileNotFoundError(f"{BUNDLE} is missing: run `make exercises`")
+    return json.loads(BUNDLE.read_text(encoding="utf-8"))
+
+
+def course_namespace(stem: str, until: str | None = None) -> dict:
+    """Run a notebook's set-up and course-solution cells in a fresh namespace (checks skipped),
+    stopping after the solution cells of exercise ``until``."""
+    entry = load_bundle()["notebooks"][stem]
+    ns = {"__name__": f"course_solution_{stem}"}
+    seen = False
+    for cell in entry["cells"]:
+        if cell["role"] == "check":
+            if seen:
+                break
+            continue
+        exec(compile(cell["source"], f"<{stem} course cell>", "exec"), ns)  # noqa: S102 - course code
+        seen = seen or (cell.get("exercise") == until)
+    return ns
+
+
+def solution_value(exercise_id: str, name: str):
+    """The value of ``name`` after the course's solution of ``exercise_id`` ran."""
+    stem = exercise_id.rsplit(".", 1)[0]
+    return course_namespace(stem, until=exercise_id)[name]
 
 
 def main(argv=None) -> int:

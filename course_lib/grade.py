@@ -1,32 +1,70 @@
-"""Grade exercise notebooks: ``python -m course_lib.grade [PATH ...] [--json] [--timeout S]``.
+"""Grade exercise notebooks: ``python -m course_lib.grade [PATH ...]``.
+Chapter: every ``solutions/<stem>`` exercises page (README "Exercises and grading").
 
-Each notebook runs top to bottom in a fresh kernel through nbval (``--nbval-lax``, a per-cell
-timeout so an endless loop fails that exercise instead of hanging). Graded check cells carry
-``metadata.course = {"exercise": id, "points": p}``; an exercise earns its points when all its
-check cells pass. The learner's notebook is only read, never written.
+The verdict comes from the course, not from the learner's notebook:
 
-``--json`` prints ``{"results": [per exercise], "cells": [per executed code cell]}``.
+1. the exercises, check code and points come from the course's bundle
+   (``course_lib/checks.json``, written by ``make exercises``); the learner's notebook
+   contributes only its solution cells, matched by exercise id;
+2. solution cells are read first (:mod:`course_lib.grade_rules`): tampering code earns the
+   notebook 0 without running it; a use of the course's own implementation of an exercise, or
+   of what its statement forbids, earns that exercise 0;
+3. in this process, which never runs the learner's code, the judge runs the course's set-up,
+   solution and check cells: the checks draw their cases — fixed, seeded, and hidden ones from
+   a seed drawn now — and evaluate the references (:mod:`course_lib.grading`);
+4. nbval executes a notebook made of the course's cells and the learner's solution cells in a
+   fresh kernel; there the checks only call the learner's functions on the judge's inputs and
+   write the outputs as plain data;
+5. the judge compares. Points are per check cell (partial credit).
 
-Exit status: 0 when every exercise passes, 1 when some fail, 2 (with a one-line message) for a
-missing path or an unreadable notebook.
+Options: ``--json`` (everything, feedback whole), ``--junit FILE`` (one test case per
+exercise), ``--gradebook FILE`` (each PATH is one learner's folder: one CSV row per learner and
+exercise, and a total per learner), ``--seed N`` (repeat the hidden cases of an earlier report),
+``--timeout S`` per cell, ``--notebook-timeout S`` per notebook.
+
+Exit status: 0 when every exercise passes, 1 when some fail, 2 when some path could not be
+graded (missing, not a notebook, not one of the course's exercise notebooks) — the others are
+still graded and reported.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
+import csv
 import json
+import os
+import pickle
+import secrets
 import sys
-from contextlib import redirect_stdout
-from dataclasses import asdict, dataclass
+import tempfile
+import textwrap
+import time
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree as ET
 
 import nbformat
-import pytest
+
+from course_lib import grade_rules, grading
+from course_lib.exercises import load_bundle
+from course_lib.grade_run import run_notebook
+
+#: 3 × the slowest course solution notebook under the grader on 2 cores (spmm_gpu, ≈ 25 s)
+NOTEBOOK_TIMEOUT_S = 90
+CELL_TIMEOUT_S = 120
 
 
 class GradeError(Exception):
-    """A path that cannot be graded (missing, not a notebook, corrupt)."""
+    """A path that cannot be graded (missing, not a notebook, not a course notebook)."""
+
+
+@dataclass
+class CheckResult:
+    key: str
+    points: float
+    passed: bool
+    feedback: str
 
 
 @dataclass
@@ -35,183 +73,419 @@ class Result:
     exercise: str
     points: float
     earned: float
-    status: str  # "pass" | "fail"
+    status: str  # "pass" | "partial" | "fail" | "error"
     feedback: str
+    checks: list[CheckResult] = field(default_factory=list)
 
 
-def find_notebooks(paths: list[str]) -> list[Path]:
-    """Expand directories to their ``*.ipynb``; check every notebook parses as nbformat 4."""
-    found = []
+@dataclass
+class NotebookReport:
+    path: str
+    stem: str
+    status: str  # "graded" | "not run" | "unreadable"
+    reason: str = ""
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    cells: list[dict] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+def find_notebooks(paths: list[str]) -> tuple[list[Path], list[NotebookReport]]:
+    """Expand directories to their ``*.ipynb``; missing paths become unreadable reports."""
+    found, bad = [], []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found += sorted(p.glob("*.ipynb"))
+            inside = sorted(p.glob("*.ipynb"))
+            if not inside:
+                bad.append(NotebookReport(raw, "", "unreadable", "no notebooks in this folder"))
+            found += inside
         elif p.is_file():
             found.append(p)
         else:
-            raise GradeError(f"no such file or directory: {raw}")
-    if not found:
-        raise GradeError(f"no notebooks found in: {' '.join(paths)}")
-    for nb in found:
-        try:
-            nbformat.validate(nbformat.read(nb, as_version=4))
-        except Exception as exc:  # noqa: BLE001 - any parse/validation problem is "corrupt"
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise GradeError(f"cannot read notebook {nb}: {first}") from None
-    return found
+            bad.append(NotebookReport(raw, "", "unreadable", "no such file or directory"))
+    return found, bad
 
 
-def _first_line(text: str) -> str:
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
+def read_learner(path: Path, bundle: dict):
+    """(stem, parsed notebook) of a learner's file, or GradeError with a one-line reason."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise GradeError("not a notebook: the file is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise GradeError(f"not a notebook: invalid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("cells"), list):
+        kind = type(raw).__name__ if not isinstance(raw, dict) else "an object without a cell list"
+        raise GradeError(f"not a notebook: the JSON is {kind}, a notebook is an object with "
+                         "'cells', 'metadata' and 'nbformat'")
+    try:
+        nb = nbformat.reads(json.dumps(raw), as_version=4)
+        nbformat.validate(nb)
+    except Exception as exc:  # noqa: BLE001 - any validation problem is "corrupt"
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GradeError(f"not a valid notebook: {text}") from None
+    source = str(nb.metadata.get("course", {}).get("generated_from", ""))
+    stem = Path(source).stem if source else path.stem
+    if stem not in bundle["notebooks"]:
+        raise GradeError(f"not one of the course's exercise notebooks ({stem!r}; the course has "
+                         f"{', '.join(sorted(bundle['notebooks']))})")
+    return stem, nb
 
 
-class _Collector:
-    """pytest plugin: remember the outcome and error of every executed notebook cell."""
-
-    def __init__(self):
-        self.cells: list[dict] = []
-
-    def pytest_runtest_logreport(self, report):
-        if report.when == "call" or (report.when == "setup" and report.failed):
-            self.cells.append({"path": getattr(report, "course_path", ""),
-                               "cell": getattr(report, "course_cell", -1),
-                               "passed": report.passed,
-                               "meta": getattr(report, "course_meta", {}),
-                               "error": getattr(report, "course_error", "")})
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_makereport(self, item, call):
-        outcome = yield
-        report = outcome.get_result()
-        cell = getattr(item, "cell", None)
-        report.course_path = str(Path(str(item.fspath)).resolve())
-        report.course_cell = getattr(item, "cell_num", -1)
-        report.course_meta = dict(cell.metadata.get("course", {})) if cell is not None else {}
-        errors = [o for o in (getattr(item, "test_outputs", None) or []) if "ename" in o]
-        if errors:
-            ename, evalue = errors[-1]["ename"], errors[-1]["evalue"]
-            if ename == "KeyboardInterrupt":
-                report.course_error = "Timeout: the cell ran longer than the per-cell limit"
-            else:
-                # graded checks raise AssertionError("[id] why"): the message is the feedback
-                prefix = "" if ename == "AssertionError" and evalue else f"{ename}: "
-                report.course_error = f"{prefix}{_first_line(evalue)}" if evalue else ename
-        elif call.excinfo is not None:
-            report.course_error = _first_line(str(call.excinfo.value)) or call.excinfo.typename
-
-
-_KERNEL_START_ATTEMPTS = 3
-
-
-def retry_kernel_start() -> None:
-    """Make nbval start a notebook's kernel up to three times before it reports a failure.
-
-    jupyter_client picks free TCP ports, closes them and passes them to the new kernel; a kernel
-    started at the same moment elsewhere (pytest-xdist workers, two graders) can take one first,
-    and the new kernel dies before running anything ("Kernel died before replying to
-    kernel_info", jupyter/jupyter_client#154). No notebook code has run then, so starting again
-    changes no result. Idempotent; used by :func:`run_notebooks` and the test suite.
-    """
-    from nbval import kernel
-    start = kernel.start_new_kernel
-    if getattr(start, "course_retries", False):
-        return
-
-    def start_new_kernel(*args, **kwargs):
-        for attempt in range(1, _KERNEL_START_ATTEMPTS + 1):
-            try:
-                return start(*args, **kwargs)
-            except RuntimeError:  # died or timed out while starting; nbval has shut it down
-                if attempt == _KERNEL_START_ATTEMPTS:
-                    raise
-
-    start_new_kernel.course_retries = True
-    kernel.start_new_kernel = start_new_kernel
-
-
-def run_notebooks(notebooks: list[Path], timeout: int) -> list[dict]:
-    """Execute the notebooks with nbval and return one record per cell."""
-    retry_kernel_start()
-    collector = _Collector()
-    args = [str(p) for p in notebooks] + [
-        "--nbval-lax", "--nbval-current-env", f"--nbval-cell-timeout={timeout}",
-        "-p", "no:cacheprovider", "-q", "--no-header", "-o", "addopts=", "-o", "testpaths=",
-        "--rootdir", str(Path(notebooks[0]).resolve().parent)]
-    with redirect_stdout(io.StringIO()):
-        pytest.main(args, plugins=[collector])
-    return collector.cells
-
-
-def score(notebooks: list[Path], cells: list[dict]) -> list[Result]:
-    """One result per exercise, in notebook order; points earned only if all checks pass."""
-    results: dict[tuple[str, str], Result] = {}
-    for nb in notebooks:
-        parsed = nbformat.read(nb, as_version=4)
-        for cell in parsed.cells:
-            meta = cell.metadata.get("course", {})
-            if cell.cell_type == "code" and "points" in meta:
-                key = (str(nb.resolve()), meta["exercise"])
-                r = results.setdefault(key, Result(str(nb), meta["exercise"], 0.0, 0.0, "fail",
-                                                   "not run"))
-                r.points += float(meta["points"])
-    by_nb: dict[str, list[dict]] = {}
-    for c in cells:
-        by_nb.setdefault(c["path"], []).append(c)
-    for (nb_path, ex_id), r in results.items():
-        cells_here = by_nb.get(nb_path, [])
-        checks = [c for c in cells_here
-                  if c["meta"].get("exercise") == ex_id and "points" in c["meta"]]
-        failed = [c for c in checks if not c["passed"]]
-        if checks and not failed:
-            r.status, r.earned, r.feedback = "pass", r.points, "all checks passed"
+def learner_cells(nb, entry: dict) -> tuple[dict[str, list[str]], list[str], int]:
+    """(solution sources by exercise id, check-cell sources, number of the learner's own code
+    cells that are neither solutions nor the course's set-up: those are not run)."""
+    course = {c["source"].strip() for c in entry["cells"] if c["role"] == "setup"}
+    solutions: dict[str, list[str]] = {}
+    checks: list[str] = []
+    others = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
             continue
-        own = next((c for c in cells_here if c["meta"].get("exercise") == ex_id
-                    and "points" not in c["meta"] and not c["passed"]), None)
-        first = next((c for c in cells_here if not c["passed"]), None)
-        if own is not None:  # the learner's own cell failed: that is the news, not the check
-            r.feedback = f"your solution cell failed: {own['error']}"
+        meta = cell.metadata.get("course", {})
+        meta = meta if isinstance(meta, dict) else {}
+        if "points" in meta:
+            checks.append(cell.source)
+        elif isinstance(meta.get("exercise"), str):
+            solutions.setdefault(meta["exercise"], []).append(cell.source)
+        elif cell.source.strip() and cell.source.strip() not in course:
+            others += 1
+    return solutions, checks, others
+
+
+# ---------------------------------------------------------------------------------------------
+# Judge side
+
+
+def prepare(stem: str, entry: dict, seed: int) -> tuple[dict, dict[str, str]]:
+    """Run the course's cells in judge mode: (specs by call key, judge errors by check key)."""
+    judge = grading.start_judge(seed)
+    ns = {"__name__": f"course_judge_{stem}"}
+    errors = {}
+    try:
+        with redirect_stdout(open(os.devnull, "w")), redirect_stderr(open(os.devnull, "w")):
+            for cell in entry["cells"]:
+                if cell["role"] == "check":
+                    grading.begin_check(cell["key"])
+                try:
+                    exec(compile(cell["source"], f"<course {stem}>", "exec"), ns)  # noqa: S102
+                except Exception as exc:  # noqa: BLE001 - a course bug: report, don't crash
+                    errors[cell.get("key", "setup")] = f"{type(exc).__name__}: {exc}"
+    finally:
+        grading.stop_judge()
+    return judge.specs, errors
+
+
+def graded_notebook(entry: dict, solutions: dict[str, list[str]], channel: Path):
+    """The notebook nbval runs: the course's cells with the learner's solution cells."""
+    def code(source, **meta):
+        c = nbformat.v4.new_code_cell(source)
+        c.metadata["course_grade"] = meta
+        return c
+
+    cells = [code(f"from course_lib import grading as _course_grading\n"
+                  f"_course_grading.record_to({str(channel)!r})", role="grader")]
+    for cell in entry["cells"]:
+        role = cell["role"]
+        if role == "solution":
+            ex = cell["exercise"]
+            if cell is next(c for c in entry["cells"] if c.get("exercise") == ex
+                            and c["role"] == "solution"):
+                for src in solutions.get(ex) or [cell["stub"]]:
+                    cells.append(code(src, role="solution", exercise=ex))
+        elif role == "check":
+            cells.append(code(f"_course_grading.begin_check({cell['key']!r})\n{cell['source']}",
+                              role="check", exercise=cell["exercise"], key=cell["key"]))
         else:
-            r.feedback = (failed[0]["error"] or "the check cell failed") if failed else "check not run"
-            if first is not None and "points" not in first["meta"]:
-                r.feedback += f" (an earlier cell failed first: {first['error']})"
-    return list(results.values())
+            cells.append(code(cell["source"], role="setup"))
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    return nb
 
 
-def format_table(results: list[Result]) -> str:
-    rows = [("notebook", "exercise", "points", "status", "feedback")]
-    rows += [(r.notebook, r.exercise, f"{r.earned:g}/{r.points:g}", r.status.upper(),
-              r.feedback[:110]) for r in results]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4]
-             for row in rows]
-    lines.insert(1, "-" * min(120, len(lines[0]) + 10))
+def read_outputs(channel: Path) -> dict[str, list | None]:
+    """Outputs recorded in the kernel, by call key; a key recorded twice counts as missing."""
+    out: dict[str, list | None] = {}
+    seen = set()
+    path = channel / "outputs.jsonl"
+    if not path.exists():
+        return out
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+            key, outputs = str(rec["key"]), rec["outputs"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        if key in seen:
+            out[key] = None
+            continue
+        seen.add(key)
+        out[key] = [grading.decode(o) for o in outputs] if isinstance(outputs, list) else None
+    return out
+
+
+def judge_check(cell: dict, specs: dict, outputs: dict, judge_errors: dict,
+                cell_records: list[dict]) -> CheckResult:
+    """Score one check cell from the recorded outputs."""
+    key = cell["key"]
+    if key in judge_errors:
+        return CheckResult(key, cell["points"], False,
+                           f"grader error (the course's own check failed): {judge_errors[key]}")
+    mine = sorted((k for k in specs if k.rsplit("#", 1)[0] == key),
+                  key=lambda k: int(k.rsplit("#", 1)[1]))
+    ran = next((c for c in cell_records if c["meta"].get("key") == key), None)
+    for k in mine:
+        spec, got = specs[k], outputs.get(k)
+        if got is None or len(got) != len(spec.cases):
+            if ran is not None and not ran["passed"] and ran["error"]:
+                why = f"the check cell failed: {ran['error']}"
+            elif ran is None:
+                why = "the check cell did not run"
+            else:
+                why = "the check recorded no result"
+            solution = next((c for c in cell_records if c["meta"].get("role") == "solution"
+                             and c["meta"].get("exercise") == cell["exercise"]
+                             and not c["passed"]), None)
+            if solution is not None:
+                why = f"your solution cell failed: {solution['error']}"
+            return CheckResult(key, cell["points"], False, why)
+        why = grading.verdict(spec, got)
+        if why:
+            if spec.hint:
+                why += f"\nHint: {spec.hint}"
+            return CheckResult(key, cell["points"], False, why)
+    return CheckResult(key, cell["points"], True, "passed")
+
+
+def grade_notebook(path: Path, bundle: dict, seed: int, cell_s: float, notebook_s: float
+                   ) -> tuple[NotebookReport, list[Result]]:
+    """Grade one learner notebook; every course exercise of it gets a result."""
+    stem, nb = read_learner(path, bundle)
+    entry = bundle["notebooks"][stem]
+    report = NotebookReport(str(path), stem, "graded")
+    solutions, their_checks, others = learner_cells(nb, entry)
+    course_checks = [c["source"] for c in entry["cells"] if c["role"] == "check"]
+    if their_checks != course_checks:
+        report.notes.append("the notebook's check cells differ from the course's (edited, "
+                            "missing or added): the course's checks were used")
+    unknown = sorted(set(solutions) - set(entry["exercises"]))
+    if unknown:
+        report.notes.append(f"cells claiming exercises this notebook does not have were "
+                            f"ignored: {', '.join(unknown)}")
+    if others:
+        report.notes.append(f"{others} code cell(s) outside the solution cells were not run: "
+                            "put helpers inside a solution cell")
+    spec_of = {c["exercise"]: c for c in entry["cells"] if c["role"] == "solution"}
+    findings = grade_rules.check_cells(
+        [c["source"] for c in entry["cells"] if c["role"] == "setup"],
+        [(ex, src, spec_of[ex]["forbid"], spec_of[ex]["rules"])
+         for ex, srcs in solutions.items() if ex in spec_of for src in srcs])
+    results = {ex: Result(str(path), ex, pts, 0.0, "fail", "") for ex, pts in
+               entry["exercises"].items()}
+    tamper = [f for f in findings if f.kind == "tamper"]
+    if tamper:
+        report.status = "not run"
+        report.reason = "tampering: " + "; ".join(f"{f.exercise}: {f.message}" for f in tamper)
+        for r in results.values():
+            r.feedback = f"0 points: the notebook was not run ({report.reason})"
+        return report, list(results.values())
+
+    start = time.monotonic()
+    specs, judge_errors = prepare(stem, entry, seed)
+    with tempfile.TemporaryDirectory(prefix="course-grade-") as tmp:
+        channel = Path(tmp) / "channel"
+        channel.mkdir()
+        with open(channel / "inputs.pkl", "wb") as f:
+            pickle.dump({k: s.cases for k, s in specs.items()}, f)
+        work = Path(tmp) / "run"
+        work.mkdir()
+        graded = work / f"{stem}.ipynb"
+        nbformat.write(graded_notebook(entry, solutions, channel), graded)
+        records = run_notebook(graded, cell_s, notebook_s)
+        outputs = read_outputs(channel)
+    report.seconds = round(time.monotonic() - start, 2)
+    report.cells = records
+
+    for cell in entry["cells"]:
+        if cell["role"] == "check":
+            results[cell["exercise"]].checks.append(
+                judge_check(cell, specs, outputs, judge_errors, records))
+    leaked = {}
+    for f in findings:
+        leaked.setdefault(f.exercise, []).append(f.message)
+    for ex, r in results.items():
+        r.earned = sum(c.points for c in r.checks if c.passed)
+        failing = [c for c in r.checks if not c.passed]
+        r.status = "pass" if not failing else "partial" if r.earned > 0 else "fail"
+        if any(c.feedback.startswith("grader error") for c in failing):
+            r.status = "error"
+        r.feedback = "all checks passed" if not failing else "\n".join(
+            f"check {c.key} ({c.points:g} pt): {c.feedback}" for c in failing)
+        if ex in leaked:
+            r.earned, r.status = 0.0, "fail"
+            r.feedback = "0 points: your solution " + "; ".join(dict.fromkeys(leaked[ex]))
+    return report, list(results.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+
+
+def _header(bundle: dict, seed: int) -> dict:
+    return {"course_version": bundle["course_version"], "checks_sha256": bundle["checks_sha256"],
+            "seed": seed}
+
+
+def format_table(reports: list[NotebookReport], results: list[Result], header: dict,
+                 width: int = 100) -> str:
+    lines = []
+    by_nb: dict[str, list[Result]] = {}
+    for r in results:
+        by_nb.setdefault(r.notebook, []).append(r)
+    wrap = lambda text, indent: "\n".join(  # noqa: E731
+        textwrap.fill(line, width, initial_indent=indent, subsequent_indent=indent + "  ",
+                      replace_whitespace=False, drop_whitespace=False) if line else ""
+        for line in text.splitlines())
+    for rep in reports:
+        lines.append(f"{rep.path}")
+        if rep.status == "unreadable":
+            lines.append(f"  ERROR  {rep.reason}")
+            continue
+        if rep.reason:
+            lines.append(wrap(f"NOT RUN: {rep.reason}", "  "))
+        for note in rep.notes:
+            lines.append(wrap(f"note: {note}", "  "))
+        for r in by_nb.get(rep.path, []):
+            lines.append(f"  {r.exercise:<18} {r.earned:g}/{r.points:g}".ljust(34)
+                         + f"{r.status.upper()}")
+            if r.status != "pass":
+                lines.append(wrap(r.feedback, "      "))
     earned, total = sum(r.earned for r in results), sum(r.points for r in results)
     passed = sum(r.status == "pass" for r in results)
-    lines.append(f"\nTotal: {earned:g}/{total:g} points, {passed}/{len(results)} exercises passed")
+    unreadable = sum(rep.status == "unreadable" for rep in reports)
+    lines.append(f"\nTotal: {earned:g}/{total:g} points, {passed}/{len(results)} exercises passed"
+                 + (f", {unreadable} path(s) could not be graded" if unreadable else ""))
+    lines.append(f"Course {header['course_version']}, checks {header['checks_sha256'][:12]}, "
+                 f"hidden-case seed {header['seed']} (repeat with --seed {header['seed']})")
     return "\n".join(lines)
+
+
+def write_junit(path: str, reports: list[NotebookReport], results: list[Result],
+                header: dict) -> None:
+    """One test case per exercise (classname = notebook), failures carry the whole feedback."""
+    suites = ET.Element("testsuites", name="course_lib.grade")
+    by_nb: dict[str, list[Result]] = {}
+    for r in results:
+        by_nb.setdefault(r.notebook, []).append(r)
+    for rep in reports:
+        rows = by_nb.get(rep.path, [])
+        suite = ET.SubElement(suites, "testsuite", name=rep.stem or rep.path,
+                              tests=str(max(1, len(rows))),
+                              failures=str(sum(r.status != "pass" for r in rows)),
+                              errors=str(int(rep.status == "unreadable")),
+                              time=f"{rep.seconds:.2f}")
+        props = ET.SubElement(suite, "properties")
+        for k, v in header.items():
+            ET.SubElement(props, "property", name=k, value=str(v))
+        if rep.status == "unreadable":
+            case = ET.SubElement(suite, "testcase", classname=rep.path, name="read notebook")
+            ET.SubElement(case, "error", message=rep.reason).text = rep.reason
+        for r in rows:
+            case = ET.SubElement(suite, "testcase", classname=rep.stem,
+                                 name=f"{r.exercise} ({r.earned:g}/{r.points:g} points)")
+            if r.status != "pass":
+                ET.SubElement(case, "failure", message=r.feedback.splitlines()[0][:200]
+                              ).text = r.feedback
+    ET.ElementTree(suites).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def write_gradebook(path: str, learners: dict[str, tuple[list, list]], bundle: dict,
+                    header: dict) -> None:
+    """CSV: learner, exercise, earned, points, status, reason; a TOTAL row per learner."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["learner", "exercise", "earned", "points", "status", "reason",
+                    "course_version", "checks_sha256", "seed"])
+        tail = [header["course_version"], header["checks_sha256"], header["seed"]]
+        for learner, (reports, results) in learners.items():
+            got = {r.exercise: r for r in results}
+            why_missing = {rep.stem: rep.reason for rep in reports if rep.status == "unreadable"}
+            for stem, entry in bundle["notebooks"].items():
+                for ex, points in entry["exercises"].items():
+                    r = got.get(ex)
+                    if r is None:
+                        reason = why_missing.get(stem) or "notebook not submitted"
+                        w.writerow([learner, ex, 0, f"{points:g}", "missing", reason, *tail])
+                    else:
+                        w.writerow([learner, ex, f"{r.earned:g}", f"{r.points:g}", r.status,
+                                    " ".join(r.feedback.split())[:500], *tail])
+            unread = [f"{Path(rep.path).name}: {rep.reason}" for rep in reports
+                      if rep.status == "unreadable"]
+            total = sum(p for e in bundle["notebooks"].values() for p in e["exercises"].values())
+            w.writerow([learner, "TOTAL", f"{sum(r.earned for r in results):g}", f"{total:g}",
+                        "", "; ".join(unread), *tail])
+
+
+def grade_paths(paths: list[str], bundle: dict, seed: int, cell_s: float, notebook_s: float
+                ) -> tuple[list[NotebookReport], list[Result]]:
+    notebooks, reports = find_notebooks(paths)
+    results = []
+    for path in notebooks:
+        try:
+            rep, res = grade_notebook(path, bundle, seed, cell_s, notebook_s)
+        except GradeError as exc:
+            rep, res = NotebookReport(str(path), "", "unreadable", str(exc)), []
+        reports.append(rep)
+        results += res
+    return reports, results
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m course_lib.grade",
                                 description="Grade exercise notebooks (default: exercises/).")
-    p.add_argument("paths", nargs="*", default=["exercises"], help="notebooks or directories")
+    p.add_argument("paths", nargs="*", default=["exercises"],
+                   help="notebooks or folders (with --gradebook: one folder per learner)")
     p.add_argument("--json", action="store_true", help="print machine-readable results")
-    p.add_argument("--timeout", type=int, default=120, help="seconds allowed per cell (default 120)")
+    p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
+    p.add_argument("--gradebook", metavar="FILE", help="write a CSV gradebook; each path is "
+                   "one learner's folder")
+    p.add_argument("--seed", type=int, help="seed of the hidden cases (default: drawn now)")
+    p.add_argument("--timeout", type=float, default=CELL_TIMEOUT_S,
+                   help=f"seconds allowed per cell (default {CELL_TIMEOUT_S})")
+    p.add_argument("--notebook-timeout", type=float, default=NOTEBOOK_TIMEOUT_S,
+                   help=f"seconds allowed per notebook (default {NOTEBOOK_TIMEOUT_S})")
     args = p.parse_args(argv)
-    try:
-        notebooks = find_notebooks(args.paths)
-    except GradeError as exc:
-        print(f"grade: error: {exc}", file=sys.stderr)
-        return 2
-    cells = run_notebooks(notebooks, args.timeout)
-    results = score(notebooks, cells)
-    if args.json:
-        print(json.dumps({"results": [asdict(r) for r in results], "cells": cells}, indent=1))
+    bundle = load_bundle()
+    seed = args.seed if args.seed is not None else secrets.randbits(31)
+    header = _header(bundle, seed)
+    limits = (args.timeout, args.notebook_timeout)
+    if args.gradebook:
+        learners = {}
+        for folder in args.paths:
+            name = Path(folder).name or folder
+            learners[name] = grade_paths([folder], bundle, seed, *limits)
+        write_gradebook(args.gradebook, learners, bundle, header)
+        reports = [rep for reps, _ in learners.values() for rep in reps]
+        results = [r for _, res in learners.values() for r in res]
     else:
-        print(format_table(results))
+        reports, results = grade_paths(args.paths, bundle, seed, *limits)
+    if args.junit:
+        write_junit(args.junit, reports, results, header)
+    if args.json:
+        print(json.dumps({**header, "notebooks": [asdict(r) for r in reports],
+                          "results": [asdict(r) for r in results]}, indent=1, default=str))
+    else:
+        print(format_table(reports, results, header))
+    unreadable = [rep for rep in reports if rep.status == "unreadable"]
+    for rep in unreadable:
+        print(f"grade: error: {rep.path}: {rep.reason}", file=sys.stderr)
+    if unreadable:
+        return 2
     return 0 if results and all(r.status == "pass" for r in results) else 1
 
 
