@@ -1,6 +1,6 @@
 """The ``ffn`` benchmark suite: batch-1 decode GEMVs of an FFN with a sparse active set.
 
-``python -m course_lib.bench ffn [--quick] [--device cpu|cuda] [--out DIR]``
+``python -m course_lib.bench ffn [--quick|--tiny] [--device cpu|cuda] [--out DIR]``
 
 The products of a ``d_model × d_ff`` FFN (default 4096 × 16384, as in a 7B-class model), at
 densities 100 (the sparse kernel's own dense rate)/50/25/10/5 %, each call on a **fresh** random
@@ -39,18 +39,22 @@ stack packs its own copy, each neuron's W1 and W2t rows side by side. To measure
 worth, the one-call pass is also timed, in the same rounds, with the packed copy in ordinary
 4 KiB pages (``stack_plain_*``) and without packing, on the layers as they are
 (``stack_separate_*``). ``<step>_huge_pages`` records the share of each step's weights that the
-kernel did get in huge pages (``ffn.huge_page_share``; Linux may refuse them).
+kernel did get in huge pages (``ffn.huge_page_share``; Linux may refuse them). On CUDA (and with
+``--interpret``) the kernels are the Triton ones, the step is ``stack`` only (the GPU path neither
+packs nor uses huge pages) and the CPU-only columns are NaN.
+
+Writes ``<suite>_<device>[_<size>].csv`` (``bench.csv_name``; metadata: ``bench.run_metadata``).
+
+Chapter: book/fast/sparse_ffn.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import os
-import shlex
-import sys
-from pathlib import Path
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 
@@ -58,13 +62,43 @@ from . import bench, ffn
 
 #: 1.0 runs the sparse kernel on every row: its own dense rate, the reference for the others
 DENSITIES = (1.0, 0.5, 0.25, 0.1, 0.05)
-FULL = dict(d_model=4096, d_ff=16384, repeats=20, probe_bytes=512 * 2**20, layers=8)
-QUICK = dict(d_model=512, d_ff=2048, repeats=5, probe_bytes=64 * 2**20, layers=2)
+#: the one-call step, as measured on the CPU: packed in 2 MiB pages, packed in 4 KiB pages, and
+#: the layers as they are (not packed); on CUDA only the first
+STEPS = ("stack", "stack_plain", "stack_separate")
 
 
-def _dtypes(device: str) -> list[torch.dtype]:
-    """fp32 and bf16: both kernels (numba on CPU, Triton on CUDA) read bf16 and accumulate in fp32."""
-    return [torch.float32, torch.bfloat16]
+@dataclass(frozen=True)
+class Setup:
+    """What one run measures: the FFN's size, the timing's repeats, the decode pass's layers,
+    the bandwidth probe's buffer, the densities, the device and the kernels' tier (``auto``: the
+    numba kernels on the CPU, Triton on CUDA; ``triton`` on the CPU runs the interpreter)."""
+
+    d_model: int
+    d_ff: int
+    repeats: int
+    layers: int = 8
+    probe_bytes: int = 512 * 2**20
+    densities: tuple[float, ...] = DENSITIES
+    device: str = "cpu"
+    impl: str = "auto"
+    seed: int = 0
+
+    @property
+    def numba_kernels(self) -> bool:
+        """Whether the kernels are the CPU ones (which pack, use huge pages and have variants)."""
+        return self.device == "cpu" and self.impl in ("auto", "cpu_fast")
+
+    def active(self, density: float) -> int:
+        """Active neurons at ``density`` (at least one)."""
+        return max(1, round(density * self.d_ff))
+
+
+SIZES = {
+    "full": Setup(d_model=4096, d_ff=16384, repeats=20, layers=8),  # a 7B-class model's FFN
+    "quick": Setup(d_model=512, d_ff=2048, repeats=5, layers=2, probe_bytes=64 * 2**20),
+    "tiny": Setup(d_model=64, d_ff=256, repeats=2, layers=2, probe_bytes=16 * 2**20,
+                  densities=(0.5, 0.1)),
+}
 
 
 def _copies(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -86,125 +120,178 @@ def decode_layers(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor,
     return _copies(W1, layers), _copies(b1, layers), _copies(W2t, layers)
 
 
-def run(d_model: int, d_ff: int, repeats: int, device: str = "cpu",
-        densities=DENSITIES, seed: int = 0, probe_bytes: int = 512 * 2**20,
-        layers: int = 8) -> tuple[list[dict], float]:
-    """Measure every (op, dtype, density); returns the rows and the measured bandwidth (GB/s)."""
-    gen = torch.Generator().manual_seed(seed)
-    bandwidth = bench.memory_bandwidth(nbytes=probe_bytes, device=device)
-    rows = []
-    for dtype in _dtypes(device):  # one dtype's weights at a time (fp32: ~13 GiB with the defaults)
-        rows += _run_dtype(dtype, d_model, d_ff, repeats, device, densities, gen, seed,
-                           probe_bytes, layers)
-    return rows, bandwidth
+@dataclass(frozen=True)
+class Op:
+    """One product: the torch baseline ``dense(v)`` on layer 0, the sparse ``kernel(layer, v,
+    idx)``, the ``naive(v, idx)`` version that copies the rows (``index_select``), the length of
+    its input vector and how many ``d_ff × d_model`` matrices it reads."""
+
+    name: str
+    dense: Callable
+    kernel: Callable
+    naive: Callable
+    vec_len: int
+    matrices: int
 
 
-def _run_dtype(dtype, d_model, d_ff, repeats, device, densities, gen, seed, probe_bytes,
-               layers) -> list[dict]:
-    """:func:`run`'s rows for one dtype."""
-    def weights(*shape):
-        return torch.randn(*shape, generator=gen).to(dtype=dtype, device=device)
-
-    W1s, b1s, W2ts = decode_layers(weights(d_ff, d_model), weights(d_ff),
-                                   weights(d_ff, d_model), layers)
-    stack = list(zip(W1s, b1s, W2ts))  # the layers as views
-    W1, b1, W2t = stack[0]
+def _ops(layers: list, setup: Setup) -> list[Op]:
+    """``down`` (gather GEMV), ``up`` (row GEMV) and ``ffn`` (both fused), on ``layers``' views."""
+    W1, b1, W2t = layers[0]
     W2 = _copies(W2t.t(), 1)[0]  # the dense baseline's row-major W2
-    # one call per step: its packed weights in huge pages, in 4 KiB pages, and not packed
-    steps = {"stack": ffn.FusedFFNStack(W1s, b1s, W2ts),
-             "stack_plain": ffn.FusedFFNStack(W1s, b1s, W2ts, huge_pages=False),
-             "stack_separate": ffn.FusedFFNStack(W1s, b1s, W2ts, packed=False)}
-    huge = {name: ffn.huge_page_share(step.W1) for name, step in steps.items()}
-    itemsize = W1.element_size()
+    impl = setup.impl
+    return [
+        Op("down", lambda h: torch.mv(W2, h), lambda L, h, i: ffn.gather_gemv(L[2], h, i, impl=impl),
+           lambda h, i: ffn.gather_gemv_ref(W2t, h, i), setup.d_ff, 1),
+        Op("up", lambda x: torch.mv(W1, x), lambda L, x, i: ffn.row_gemv(L[0], x, i, impl=impl),
+           lambda x, i: ffn.row_gemv_ref(W1, x, i), setup.d_model, 1),
+        Op("ffn", lambda x: torch.mv(W2, torch.relu(torch.mv(W1, x) + b1)),
+           lambda L, x, i: ffn.fused_ffn(*L, x, i, impl=impl),
+           lambda x, i: ffn.fused_ffn_ref(W1, b1, W2t, x, i), setup.d_model, 2),
+    ]
 
-    def vec(n):
-        return lambda: (torch.randn(n, generator=gen).to(dtype=dtype, device=device),)
 
-    def active(k):
-        return torch.randperm(d_ff, generator=gen)[:k].sort().values.to(device)
+def _steps(W1s, b1s, W2ts, setup: Setup) -> dict[str, ffn.FusedFFNStack]:
+    """The one-call decode step (:data:`STEPS`) as the device runs it."""
+    if not setup.numba_kernels:
+        return {"stack": ffn.FusedFFNStack(W1s, b1s, W2ts, impl=setup.impl)}
+    return {"stack": ffn.FusedFFNStack(W1s, b1s, W2ts),
+            "stack_plain": ffn.FusedFFNStack(W1s, b1s, W2ts, huge_pages=False),
+            "stack_separate": ffn.FusedFFNStack(W1s, b1s, W2ts, packed=False)}
 
-    def step_inputs(k):  # a decode step's input and every layer's set, as one (layers, k) tensor
-        return vec(d_model)()[0], torch.stack([active(k) for _ in stack])
 
-    # (op, dense baseline(v), sparse kernel(layer, v, idx), reference(v, idx), len(v), matrices)
-    ops = (
-        ("down", lambda h: torch.mv(W2, h), lambda L, h, i: ffn.gather_gemv(L[2], h, i),
-         lambda h, i: ffn.gather_gemv_ref(W2t, h, i), d_ff, 1),
-        ("up", lambda x: torch.mv(W1, x), lambda L, x, i: ffn.row_gemv(L[0], x, i),
-         lambda x, i: ffn.row_gemv_ref(W1, x, i), d_model, 1),
-        ("ffn", lambda x: torch.mv(W2, torch.relu(torch.mv(W1, x) + b1)),
-         lambda L, x, i: ffn.fused_ffn(*L, x, i),
-         lambda x, i: ffn.fused_ffn_ref(W1, b1, W2t, x, i), d_model, 2),
-    )
-    # every timed case: (fn, fresh inputs, bytes it must read); timed interleaved below
-    cases, naive = {}, {}
-    actives = {density: max(1, round(density * d_ff)) for density in densities}
-    for op, dense_fn, kernel, naive_fn, vec_len, matrices in ops:
-        sparse_fn = functools.partial(kernel, stack[0])
+@dataclass
+class _Draws:
+    """Fresh random inputs, drawn from one seeded generator, made on the device."""
 
-        def decode_pass(*inputs, kernel=kernel):  # the op once per layer, back to back
-            for layer, (v, i) in zip(stack, inputs):
+    setup: Setup
+    dtype: torch.dtype
+    gen: torch.Generator
+
+    def vec(self, n: int) -> torch.Tensor:
+        return torch.randn(n, generator=self.gen).to(dtype=self.dtype, device=self.setup.device)
+
+    def active(self, k: int) -> torch.Tensor:
+        """``k`` distinct neurons, sorted (as ``nonzero`` returns them)."""
+        d_ff = self.setup.d_ff
+        return torch.randperm(d_ff, generator=self.gen)[:k].sort().values.to(self.setup.device)
+
+    def call(self, n: int, k: int) -> tuple:
+        """A sparse call's inputs: a vector of length ``n`` and ``k`` active neurons."""
+        return self.vec(n), self.active(k)
+
+    def step(self, k: int) -> tuple:
+        """A step's input and every layer's set, as one ``(layers, k)`` tensor."""
+        return self.vec(self.setup.d_model), torch.stack([self.active(k)
+                                                          for _ in range(self.setup.layers)])
+
+
+def _cases(setup: Setup, layers: list, ops: list[Op], steps: dict, draw: _Draws) -> dict:
+    """Every timed case of one dtype, ``key → (fn, fresh inputs, bytes it must read)``, keys:
+    ``(op, "dense")``, ``(op, "call")`` (a call that reads no weights: the fixed cost of a call,
+    timed in the same conditions, after the probes have flushed the caches), ``(op, density)``,
+    ``(op, "pass", density)`` (the op once per layer, back to back), ``(step, density)`` and
+    ``(step, "call")`` (a step with every layer's set empty)."""
+    itemsize = layers[0][0].element_size()
+    cases = {}
+    for op in ops:
+        sparse_fn = functools.partial(op.kernel, layers[0])
+
+        def decode_pass(*inputs, kernel=op.kernel):
+            for layer, (v, i) in zip(layers, inputs):
                 kernel(layer, v, i)
 
-        def sparse_inputs(k, n=vec_len):
-            return vec(n)()[0], active(k)
-
-        cases[op, "dense"] = (dense_fn, vec(vec_len), matrices * d_ff * d_model * itemsize)
-        # the fixed cost of a call: one that reads no weights, timed in the same conditions
-        # (after the probes have flushed the caches), so that it can be told apart
-        cases[op, "call"] = (sparse_fn, functools.partial(sparse_inputs, 0), 0)
-        for density, k in actives.items():
-            fresh = functools.partial(sparse_inputs, k)
-            nbytes = matrices * ffn.gemv_bytes(k, d_model, itemsize) + 8 * k  # + int64 indices
-            cases[op, density] = (sparse_fn, fresh, nbytes)
-            cases[op, "pass", density] = (
-                decode_pass, lambda fresh=fresh: [fresh() for _ in stack], layers * nbytes)
-            naive[op, density] = bench.measure(naive_fn, fresh, repeats=max(3, repeats // 4),
-                                               device=device)
-            if op == "ffn":  # the fused FFN's pass as one call per step
+        cases[op.name, "dense"] = (op.dense, lambda n=op.vec_len: (draw.vec(n),),
+                                   op.matrices * setup.d_ff * setup.d_model * itemsize)
+        cases[op.name, "call"] = (sparse_fn, functools.partial(draw.call, op.vec_len, 0), 0)
+        for density in setup.densities:
+            k = setup.active(density)
+            fresh = functools.partial(draw.call, op.vec_len, k)
+            nbytes = op.matrices * ffn.gemv_bytes(k, setup.d_model, itemsize) + 8 * k  # + int64 indices
+            cases[op.name, density] = (sparse_fn, fresh, nbytes)
+            cases[op.name, "pass", density] = (
+                decode_pass, lambda fresh=fresh: [fresh() for _ in layers], setup.layers * nbytes)
+            if op.name == "ffn":  # the fused FFN's pass as one call per step
                 for name, step in steps.items():
-                    cases[name, density] = (step, functools.partial(step_inputs, k),
-                                            layers * nbytes)
-    for name, step in steps.items():  # the fixed cost of a step: every layer's set empty
-        cases[name, "call"] = (step, functools.partial(step_inputs, 0), 0)
-    runs = bench.measure_interleaved(cases, repeats=repeats, device=device,
-                                     nbytes=probe_bytes, seed=seed)
+                    cases[name, density] = (step, functools.partial(draw.step, k),
+                                            setup.layers * nbytes)
+    for name, step in steps.items():
+        cases[name, "call"] = (step, functools.partial(draw.step, 0), 0)
+    return cases
 
+
+def _step_columns(name: str, runs: dict, density: float, setup: Setup, huge: dict) -> dict:
+    """A one-call step's columns of the ``ffn`` row at ``density`` (NaN where not measured)."""
+    columns = dict.fromkeys(("ms", "share", "bandwidth_GBs", "call_ms", "share_beyond_call",
+                             "huge_pages"), math.nan)
+    if (name, density) in runs:
+        one_call, call_s = runs[name, density], runs[name, "call"].timing.median
+        columns.update(ms=one_call.timing.median / setup.layers * 1e3, share=one_call.share,
+                       bandwidth_GBs=one_call.bandwidth_GBs, call_ms=call_s * 1e3,
+                       share_beyond_call=one_call.share_beyond(call_s),
+                       huge_pages=math.nan if huge.get(name) is None else huge[name])
+    return {f"{name}_{key}": value for key, value in columns.items()}
+
+
+def _row(op: Op, density: float, dtype: torch.dtype, setup: Setup, runs: dict, naive: dict,
+         huge: dict) -> dict:
+    """The CSV row of one (op, dtype, density)."""
+    dense, call_s = runs[op.name, "dense"], runs[op.name, "call"].timing.median
+    measured, loop = runs[op.name, density], runs[op.name, "pass", density]
+    sparse = measured.timing
+    steps = {}
+    for name in STEPS:
+        steps |= _step_columns(name, runs if op.name == "ffn" else {}, density, setup, huge)
+    return {
+        "op": op.name, "dtype": str(dtype).removeprefix("torch."), "d_model": setup.d_model,
+        "d_ff": setup.d_ff, "density": density, "active": setup.active(density),
+        "dense_ms": dense.timing.median * 1e3, "sparse_ms": sparse.median * 1e3,
+        "sparse_q1_ms": sparse.q1 * 1e3, "sparse_q3_ms": sparse.q3 * 1e3,
+        "naive_ms": naive[op.name, density].median * 1e3,
+        "speedup": dense.timing.median / sparse.median, "bound": 1.0 / density,
+        "naive_speedup": dense.timing.median / naive[op.name, density].median,
+        "dense_GBs": dense.work_bytes / dense.timing.median / 1e9, "dense_share": dense.share,
+        "sparse_GBs": measured.work_bytes / sparse.median / 1e9,
+        "bandwidth_GBs": measured.bandwidth_GBs, "share_of_bound": measured.share,
+        "call_ms": call_s * 1e3, "share_beyond_call": measured.share_beyond(call_s),
+        "loop_ms": loop.timing.median / setup.layers * 1e3, "loop_share": loop.share,
+        "loop_bandwidth_GBs": loop.bandwidth_GBs, **steps,
+    }
+
+
+def _run_dtype(setup: Setup, dtype: torch.dtype, gen: torch.Generator) -> list[dict]:
+    """:func:`run`'s rows for one dtype: every case timed interleaved, then one row per
+    (op, density)."""
+    draw = _Draws(setup, dtype, gen)
+    W1s, b1s, W2ts = decode_layers(draw.vec(setup.d_ff * setup.d_model).view(setup.d_ff, -1),
+                                   draw.vec(setup.d_ff),
+                                   draw.vec(setup.d_ff * setup.d_model).view(setup.d_ff, -1),
+                                   setup.layers)
+    layers = list(zip(W1s, b1s, W2ts))  # the layers as views
+    ops, steps = _ops(layers, setup), _steps(W1s, b1s, W2ts, setup)
+    huge = {name: ffn.huge_page_share(step.W1) if setup.device == "cpu" else None
+            for name, step in steps.items()}
+    cases = _cases(setup, layers, ops, steps, draw)
+    naive = {(op.name, density): bench.measure(op.naive, cases[op.name, density][1],
+                                               repeats=max(3, setup.repeats // 4),
+                                               device=setup.device)
+             for op in ops for density in setup.densities}
+    runs = bench.measure_interleaved(cases, repeats=setup.repeats, device=setup.device,
+                                     nbytes=setup.probe_bytes, seed=setup.seed)
+    return [_row(op, density, dtype, setup, runs, naive, huge)
+            for op in ops for density in setup.densities]
+
+
+def run(setup: Setup) -> tuple[list[dict], float]:
+    """Measure every (op, dtype, density) of ``setup``, fp32 then bf16 (both kernels read bf16
+    and accumulate in fp32); returns the rows and the read bandwidth (GB/s) measured at the start."""
+    gen = torch.Generator().manual_seed(setup.seed)
+    bandwidth = bench.memory_bandwidth(nbytes=setup.probe_bytes, device=setup.device)
     rows = []
-    for op, *_, matrices in ops:
-        dense, call_s = runs[op, "dense"], runs[op, "call"].timing.median
-        for density, k in actives.items():
-            measured, loop = runs[op, density], runs[op, "pass", density]
-            sparse, nbytes = measured.timing, measured.work_bytes
-            stacked = {}
-            for name in steps:
-                ms = share = bw = call_ms = beyond = in_huge = math.nan
-                if op == "ffn":
-                    one_call, step_call_s = runs[name, density], runs[name, "call"].timing.median
-                    ms = one_call.timing.median / layers * 1e3
-                    share, bw = one_call.share, one_call.bandwidth_GBs
-                    call_ms, beyond = step_call_s * 1e3, one_call.share_beyond(step_call_s)
-                    in_huge = math.nan if huge[name] is None else huge[name]
-                stacked |= {f"{name}_ms": ms, f"{name}_share": share,
-                            f"{name}_bandwidth_GBs": bw, f"{name}_call_ms": call_ms,
-                            f"{name}_share_beyond_call": beyond, f"{name}_huge_pages": in_huge}
-            rows.append({
-                "op": op, "dtype": str(dtype).removeprefix("torch."), "d_model": d_model,
-                "d_ff": d_ff, "density": density, "active": k,
-                "dense_ms": dense.timing.median * 1e3, "sparse_ms": sparse.median * 1e3,
-                "sparse_q1_ms": sparse.q1 * 1e3, "sparse_q3_ms": sparse.q3 * 1e3,
-                "naive_ms": naive[op, density].median * 1e3,
-                "speedup": dense.timing.median / sparse.median, "bound": 1.0 / density,
-                "naive_speedup": dense.timing.median / naive[op, density].median,
-                "dense_GBs": dense.work_bytes / dense.timing.median / 1e9,
-                "dense_share": dense.share,
-                "sparse_GBs": nbytes / sparse.median / 1e9,
-                "bandwidth_GBs": measured.bandwidth_GBs, "share_of_bound": measured.share,
-                "call_ms": call_s * 1e3, "share_beyond_call": measured.share_beyond(call_s),
-                "loop_ms": loop.timing.median / layers * 1e3, "loop_share": loop.share,
-                "loop_bandwidth_GBs": loop.bandwidth_GBs, **stacked,
-            })
-    return rows
+    for dtype in (torch.float32, torch.bfloat16):  # one dtype's weights at a time (fp32: ~13 GiB in full)
+        rows += _run_dtype(setup, dtype, gen)
+        if setup.device == "cuda":
+            torch.cuda.empty_cache()
+    return rows, bandwidth
 
 
 def _print_table(rows: list[dict]) -> None:
@@ -217,30 +304,13 @@ def _print_table(rows: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.bench ffn", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (seconds)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--out", type=Path, help="write ffn_bench_<device>[_quick].csv here")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: no CUDA device is available on this machine", file=sys.stderr)
-        return 2
-    sizes = QUICK if args.quick else FULL
-    load_at_start = os.getloadavg()[0]  # other jobs sharing the cores, recorded with the results
-    rows, bandwidth = run(**sizes, device=args.device)
+    args = bench.parse_suite_args("ffn", __doc__, argv)
+    setup = replace(SIZES[args.size], device=args.device,
+                    impl="triton" if args.interpret else "auto")
+    load_at_start = os.getloadavg()[0]
+    rows, bandwidth = run(setup)
     print(f"measured read bandwidth: {bandwidth:.1f} GB/s")
     _print_table(rows)
-    if args.out is not None:
-        meta = bench.machine_info(args.device)
-        meta["bandwidth_GBs"] = f"{bandwidth:.2f}"
-        meta["load_average_1min"] = f"{load_at_start:.2f} at start, {os.getloadavg()[0]:.2f} at end"
-        meta["command"] = "python -m course_lib.bench ffn " + shlex.join(
-            list(sys.argv[1:] if argv is None else argv))
-        name = f"ffn_bench_{args.device}{'_quick' if args.quick else ''}.csv"
-        print("wrote", bench.write_csv(rows, args.out / name, meta))
+    print("wrote", bench.write_csv(rows, args.out / bench.csv_name(args),
+                                   bench.run_metadata(args, bandwidth, load_at_start)))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,52 +1,54 @@
 """The ``spmm`` benchmark suite: our SpMM tiers vs scipy.sparse, torch.sparse.mm and dense matmul.
 
-``python -m course_lib.bench spmm [--quick] [--device cpu|cuda] [--out DIR]``
+``python -m course_lib.bench spmm [--quick|--tiny] [--device cpu|cuda] [--out DIR]``
 
-For every shape (m×k sparse A, k×n dense B, fp32) and density it times each method with
-``bench.measure`` (warm-up, median of repeats) on fresh inputs: a new random B before every
-run and A cycled through a pool of independently drawn matrices whose total size exceeds the
-last-level cache, so no run finds the previous run's A in cache. It reports
+For every shape (m×k sparse A, k×n dense B, fp32) and density it times every method on fresh
+inputs: a new random B before every run and A cycled through a pool of independently drawn
+matrices whose total size exceeds the last-level cache, so no run finds the previous run's A in
+cache. The methods of one (shape, density) are timed **interleaved** (``bench.measure_interleaved``:
+each round runs every method once, in a shuffled order, each run followed by the read-bandwidth
+probes), after one untimed call each (JIT compilation, thread pools) that also sizes a slow
+method's repeats to a time budget. Per row:
 
+- ``median_s``, ``q1_s``, ``q3_s``, ``repeats``: the timing;
 - ``gflops``: useful work 2·nnz·n / time (dense: 2·m·k·n, the same product computed densely);
 - ``gbps``: compulsory bytes / time, bytes = A's storage + B + C, each moved once;
-- ``bound_s``: the memory roofline bound, bytes / measured bandwidth (``bench.memory_bandwidth``);
+- ``bandwidth_GBs``: the read bandwidth probed right after the method's runs (median);
+- ``bound_s``: the memory roofline bound, bytes / that bandwidth, and ``share_of_bound``, the
+  median over runs of each run's GB/s over the bandwidth probed right after it;
 - ``vs_scipy``, ``vs_dense``: time ratios to scipy and to dense at the same shape and density.
 
-Writes ``spmm.csv`` (metadata: machine, bandwidth, command, date) and ``spmm.png``
-(time vs density, the dense line and the crossover densities marked).
+On CUDA the methods are our ``torch`` and ``triton`` tiers, ``torch_sparse`` (cuSPARSE) and
+``dense`` (cuBLAS). Writes ``<suite>_<device>[_<size>].csv`` (``bench.csv_name``; metadata:
+``bench.run_metadata``) and a ``.png`` beside it (time vs density, the dense line and the
+crossover densities marked).
+
+Chapters: book/fast/spmm_cpu, book/fast/spmm_gpu.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
-# Idle OpenMP threads (torch/MKL and numba's workers) sleep instead of spinning. On a machine
-# shared with other jobs, spinning threads steal the cores the working threads need and a
-# parallel loop then waits a scheduler time slice for its last thread: measured here, 4–8× slower
-# multi-threaded sparse kernels at load average 8. Set only when the OpenMP runtimes load after
-# this line (the CLI path), so importing this module later changes nothing; the value in effect
-# is recorded in the CSV.
-if "torch" not in sys.modules:
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY", "default (OpenMP loaded before this module)")
+import torch
 
-import numba  # noqa: E402
-import torch  # noqa: E402
+from . import bench, data, spmm
 
-from . import bench, data, spmm  # noqa: E402
-
-#: (shape m, k, n) → densities; the first shape is the one plotted
-FULL = dict(cases=[((4096, 4096, 64), [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5]),
-                   ((4096, 4096, 256), [0.001, 0.01, 0.05, 0.2, 0.5])], repeats=10)
-QUICK = dict(cases=[((1024, 1024, 64), [0.001, 0.01, 0.1, 0.5])], repeats=5)
+#: (shape m, k, n) → densities; the first shape is the one plotted. ``probe_bytes``: the
+#: bandwidth probe's buffer, far larger than the caches except at the tiny size
+SIZES = {
+    "full": dict(cases=[((4096, 4096, 64), [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5]),
+                        ((4096, 4096, 256), [0.001, 0.01, 0.05, 0.2, 0.5])],
+                 repeats=10, probe_bytes=512 * 2**20),
+    "quick": dict(cases=[((1024, 1024, 64), [0.001, 0.01, 0.1, 0.5])], repeats=5,
+                  probe_bytes=512 * 2**20),
+    "tiny": dict(cases=[((64, 64, 8), [0.05, 0.5])], repeats=3, probe_bytes=16 * 2**20),
+}
 #: methods per device; "dense" is torch.mm on the densified A (MKL/oneDNN, cuBLAS). The "python"
 #: reference tier is left out (seconds per call at these sizes), and "triton" runs on CUDA only
-#: (on the CPU it would time the interpreter)
+#: (on the CPU it would time the interpreter: ``--interpret`` runs it there to test the suite)
 METHODS = {"cpu": ["numpy", "torch", "cpu_fast", "scipy", "torch_sparse", "dense"],
            "cuda": ["torch", "triton", "torch_sparse", "dense"]}
 #: the vectorized teaching tiers take seconds per call beyond this density and are never
@@ -88,59 +90,63 @@ def traffic_bytes(method: str, m: int, k: int, n: int, nnz: int, itemsize: int =
     return a + (k * n + m * n) * itemsize
 
 
+def _pool(m: int, k: int, density: float, device: str, seed: int) -> list[dict]:
+    """Operands of independently drawn A's whose CSRs together exceed the last-level cache."""
+    csr_bytes = (m + 1) * 4 + density * m * k * 8
+    pool_size = int(min(MAX_POOL, max(2, math.ceil(POOL_BYTES / csr_bytes))))
+    pool = []
+    for i in range(pool_size):  # two densified matrices (each m·k·4 bytes), shared
+        shared = pool[i % 2]["dense"] if i >= 2 else None
+        pool.append(_operands(data.make_sparse_matrix(m, k, density, seed=seed + i), device, shared))
+    return pool
+
+
 def run(cases, repeats: int, device: str = "cpu", seed: int = 0, methods=None,
-        budget_s: float = BUDGET_S, log=print) -> tuple[list[dict], dict]:
+        budget_s: float = BUDGET_S, probe_bytes: int = 512 * 2**20,
+        log=print) -> tuple[list[dict], float]:
     """Measure every method on every (shape, density) of ``cases`` = [((m, k, n), densities), …].
 
-    Returns (rows, metadata)."""
-    methods = methods or METHODS[device.split(":")[0]]
-    bandwidth = bench.memory_bandwidth(device=device)
-    meta = {**bench.machine_info(device), "bandwidth_GBps": round(bandwidth, 2),
-            "numba_threads": numba.get_num_threads(),
-            "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
-            "loadavg_1min_at_start": os.getloadavg()[0],
-            "omp_wait_policy": OMP_WAIT_POLICY}
+    Returns the rows and the read bandwidth (GB/s) measured at the start."""
+    methods = methods or METHODS[device]
+    bandwidth = bench.memory_bandwidth(nbytes=probe_bytes, device=device)
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for (m, k, n), densities in cases:
         for density in densities:
-            csr_bytes = (m + 1) * 4 + density * m * k * 8
-            pool_size = int(min(MAX_POOL, max(2, math.ceil(POOL_BYTES / csr_bytes))))
-            pool = []
-            for i in range(pool_size):  # two densified matrices (each m·k·4 bytes), shared
-                shared = pool[i % 2]["dense"] if i >= 2 else None
-                pool.append(_operands(data.make_sparse_matrix(m, k, density, seed=seed + i),
-                                      device, shared))
+            pool = _pool(m, k, density, device, seed)
             nnz = pool[0]["csr"].nnz
             turn = iter(range(10**9))
 
             def make_inputs():
                 B = torch.randn(k, n, generator=gen).to(device)
-                return pool[next(turn) % pool_size], B
+                return pool[next(turn) % len(pool)], B
 
-            times = {}
+            table, reps = {}, {}
             for method in methods:
                 if method in SLOW_TIERS and density > SLOW_TIER_MAX_DENSITY and device == "cpu":
                     continue
                 fn = _call(method)
-                # the probe is the warm-up (JIT, thread pools) and sizes the repeats to the budget
-                probe = bench.measure(fn, make_inputs, repeats=1, warmup=1, device=device)
-                reps = int(min(repeats, max(3, budget_s // max(probe.median, 1e-9))))
-                t = bench.measure(fn, make_inputs, repeats=reps, warmup=0, device=device)
-                times[method] = t
+                # one untimed call: the warm-up (JIT, thread pools), and its time sizes the repeats
+                once = bench.measure(fn, make_inputs, repeats=1, warmup=1, device=device).median
+                reps[method] = int(min(repeats, max(3, budget_s // max(once, 1e-9))))
+                table[method] = (fn, make_inputs, traffic_bytes(method, m, k, n, nnz))
+            runs = bench.measure_interleaved(table, repeats=repeats, warmup=0, device=device,
+                                             nbytes=probe_bytes, seed=seed, case_repeats=reps)
+            times = {method: r.timing for method, r in runs.items()}
+            for method, r in runs.items():
+                t, nbytes = r.timing, r.work_bytes
                 flops = 2 * (m * k if method == "dense" else nnz) * n
-                nbytes = traffic_bytes(method, m, k, n, nnz)
-                rows.append(dict(method=method, m=m, k=k, n=n, density=density, nnz=nnz,
-                                 median_s=t.median, q1_s=t.q1, q3_s=t.q3, repeats=t.repeats,
-                                 gflops=flops / t.median / 1e9, gbps=nbytes / t.median / 1e9,
-                                 bound_s=nbytes / (bandwidth * 1e9)))
-            for row in rows[-len(times):]:
-                row["vs_scipy"] = row["median_s"] / times["scipy"].median if "scipy" in times else ""
-                row["vs_dense"] = row["median_s"] / times["dense"].median
+                rows.append(dict(
+                    method=method, m=m, k=k, n=n, density=density, nnz=nnz,
+                    median_s=t.median, q1_s=t.q1, q3_s=t.q3, repeats=t.repeats,
+                    gflops=flops / t.median / 1e9, gbps=nbytes / t.median / 1e9,
+                    bandwidth_GBs=r.bandwidth_GBs, bound_s=nbytes / (r.bandwidth_GBs * 1e9),
+                    share_of_bound=r.share,
+                    vs_scipy=t.median / times["scipy"].median if "scipy" in times else "",
+                    vs_dense=t.median / times["dense"].median))
             log(f"{m}x{k}x{n} density {density:.3%}: " + ", ".join(
                 f"{name} {t.median * 1e3:.2f} ms" for name, t in times.items()))
-    meta["loadavg_1min_at_end"] = os.getloadavg()[0]
-    return rows, meta
+    return rows, bandwidth
 
 
 def crossover_density(rows: list[dict], method: str, shape=None) -> float:
@@ -196,30 +202,19 @@ def plot(rows: list[dict], shape=None, ax=None, title: str | None = None):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m course_lib.bench spmm", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="one small shape, 4 densities (< 1 min)")
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--out", default="bench_out", help="directory for spmm.csv and spmm.png")
-    args = p.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda: no CUDA device is available", file=sys.stderr)
-        return 2
-    cfg = QUICK if args.quick else FULL
-    rows, meta = run(cfg["cases"], cfg["repeats"], device=args.device)
-    meta["command"] = "python -m course_lib.bench spmm " + " ".join(argv if argv is not None else sys.argv[1:])
-    out = Path(args.out)
-    path = bench.write_csv(rows, out / "spmm.csv", meta)
+    args = bench.parse_suite_args("spmm", __doc__, argv)
+    load_at_start = os.getloadavg()[0]
+    methods = METHODS["cuda"] if args.interpret else None
+    rows, bandwidth = run(**SIZES[args.size], device=args.device, methods=methods)
+    path = bench.write_csv(rows, args.out / bench.csv_name(args),
+                           bench.run_metadata(args, bandwidth, load_at_start))
     import matplotlib
     matplotlib.use("Agg")
     ax = plot(rows)
     ax.figure.tight_layout()
-    ax.figure.savefig(out / "spmm.png", dpi=120)
+    ax.figure.savefig(path.with_suffix(".png"), dpi=120)
     for method in dict.fromkeys(r["method"] for r in rows):
         if method != "dense":
             print(f"crossover vs dense, {method}: {describe_density(crossover_density(rows, method))}")
-    print(f"wrote {path} and {out / 'spmm.png'}")
+    print(f"wrote {path} and {path.with_suffix('.png')}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,27 +5,36 @@ import math
 import pytest
 
 from course_lib import bench, bench_spmm
+from course_lib.bench.__main__ import main as cli
 
-TINY = dict(cases=[((64, 64, 8), [0.05, 0.5])], repeats=3)
+TINY = bench_spmm.SIZES["tiny"]
 
 
 @pytest.fixture(scope="module")
 def tiny_run():
-    return bench_spmm.run(TINY["cases"], TINY["repeats"], log=lambda *_: None)
+    return bench_spmm.run(**TINY, log=lambda *_: None)
 
 
-def test_run_measures_every_cpu_method_with_ratios(tiny_run):
-    rows, meta = tiny_run
+def test_run_measures_every_cpu_method_with_consistent_columns(tiny_run):
+    rows, bandwidth = tiny_run
     slow_skipped = [m for m in bench_spmm.METHODS["cpu"] if m not in bench_spmm.SLOW_TIERS]
+    # interleaved timing: every method of a (shape, density) once per round; rows in method order
     assert [r["method"] for r in rows] == bench_spmm.METHODS["cpu"] + slow_skipped  # 5 %, then 50 %
+    assert 0.1 < bandwidth < 10_000
     for r in rows:
-        assert r["q1_s"] <= r["median_s"] <= r["q3_s"] and r["repeats"] >= 3
-        assert r["gflops"] > 0 and r["gbps"] > 0 and r["bound_s"] > 0
-        if r["method"] == "scipy":
-            assert r["vs_scipy"] == 1.0
-        if r["method"] == "dense":
-            assert r["vs_dense"] == 1.0
-    assert meta["bandwidth_GBps"] > 0 and meta["cores"] >= 1
+        m, k, n, nnz = r["m"], r["k"], r["n"], r["nnz"]
+        assert r["q1_s"] <= r["median_s"] <= r["q3_s"] and 3 <= r["repeats"] <= TINY["repeats"]
+        assert nnz == pytest.approx(r["density"] * m * k, rel=0.05)
+        # every derived column follows from the timing, the traffic model and the probe
+        nbytes = bench_spmm.traffic_bytes(r["method"], m, k, n, nnz)
+        flops = 2 * (m * k if r["method"] == "dense" else nnz) * n
+        assert r["gbps"] == pytest.approx(nbytes / r["median_s"] / 1e9)
+        assert r["gflops"] == pytest.approx(flops / r["median_s"] / 1e9)
+        assert r["bound_s"] == pytest.approx(nbytes / r["bandwidth_GBs"] / 1e9)
+        assert 0.1 < r["bandwidth_GBs"] < 10_000
+        same = {x["method"]: x for x in rows if x["density"] == r["density"]}
+        assert r["vs_dense"] == pytest.approx(r["median_s"] / same["dense"]["median_s"])
+        assert r["vs_scipy"] == pytest.approx(r["median_s"] / same["scipy"]["median_s"])
 
 
 def test_traffic_model():
@@ -47,20 +56,14 @@ def test_crossover_density_interpolates_in_log_space():
     assert bench_spmm.crossover_density(dense + _rows("slow", [(0.01, 1.5), (1.0, 9.0)]), "slow") == 0.0
 
 
-def test_cli_writes_csv_with_machine_info_and_png(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(bench_spmm, "QUICK", TINY)
-    assert bench.main(["spmm", "--quick", "--out", str(tmp_path)]) == 0
-    rows, meta = bench.read_csv(tmp_path / "spmm.csv")
+def test_cli_writes_csv_with_machine_info_and_png(tmp_path, capsys):
+    assert cli(["spmm", "--tiny", "--out", str(tmp_path)]) == 0
+    rows, meta = bench.read_csv(tmp_path / "spmm_cpu_tiny.csv")
     assert len(rows) == 2 * len(bench_spmm.METHODS["cpu"]) - len(bench_spmm.SLOW_TIERS)
-    assert {"cpu", "bandwidth_GBps", "command", "date"} <= set(meta)
-    assert meta["command"] == "python -m course_lib.bench spmm --quick --out " + str(tmp_path)
-    assert (tmp_path / "spmm.png").stat().st_size > 0
+    assert (meta["suite"], meta["size"], meta["device"]) == ("spmm", "tiny", "cpu")
+    assert meta["command"] == "python -m course_lib.bench spmm --tiny --out " + str(tmp_path)
+    assert (tmp_path / "spmm_cpu_tiny.png").stat().st_size > 0
     assert "crossover vs dense, scipy" in capsys.readouterr().out
-
-
-def test_cli_refuses_cuda_without_a_gpu(monkeypatch):
-    monkeypatch.setattr(bench_spmm.torch.cuda, "is_available", lambda: False)
-    assert bench_spmm.main(["--device", "cuda"]) == 2
 
 
 def test_describe_density_names_out_of_range_crossovers():

@@ -10,17 +10,24 @@ Rules every number in the course follows:
 * on a shared host, pair each run with a bandwidth probe (:func:`measure_with_bandwidth`) and
   time the cases of a table interleaved (:func:`measure_interleaved`).
 
-CLI: ``python -m course_lib.bench SUITE [options]`` runs ``course_lib.bench_<SUITE>.main``
-(suites: ``spmm``, ``ffn``).
+Every suite shares one command line, one metadata schema and one file name
+(:func:`suite_arguments`, :func:`run_metadata`, :func:`csv_name`):
+``python -m course_lib.bench SUITE [--quick] [--device cpu|cuda] [--out DIR]`` writes
+``DIR/<suite>_<device>[_quick].csv`` (the CLI and its registry of suites: ``bench/__main__.py``,
+which imports the suites; they import this module, never the CLI).
+
+Chapters: book/fast/spmm_cpu, book/fast/sparse_ffn (and every chapter that times something).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime as _dt
-import importlib
 import os
 import platform
+import shlex
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -28,9 +35,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-
-SUITES = ("spmm", "ffn")
-
 
 @dataclass(frozen=True)
 class Timing:
@@ -80,7 +84,7 @@ def measure(fn: Callable, make_inputs: Callable[[], Sequence] | None = None, rep
     return Timing.of(times)
 
 
-def _bandwidth_probes(nbytes: int, device: str) -> list[Callable]:
+def read_probes(nbytes: int, device: str) -> list[Callable]:
     """Two streaming reads of ``nbytes`` on all of torch's threads: ``x.sum()`` and ``M @ v``."""
     import torch
     x = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
@@ -98,7 +102,7 @@ def memory_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 10, device: str =
     its own arithmetic), and a bound must not be lower than what a real kernel achieves.
     """
     best = min(measure(probe, repeats=repeats, warmup=2, device=device).median
-               for probe in _bandwidth_probes(nbytes, device))
+               for probe in read_probes(nbytes, device))
     return nbytes / best / 1e9
 
 
@@ -149,7 +153,8 @@ def measure_with_bandwidth(fn: Callable, make_inputs: Callable[[], Sequence] | N
 
 
 def measure_interleaved(cases: dict, repeats: int = 20, warmup: int = 3, device: str = "cpu",
-                        nbytes: int = 512 * 2**20, seed: int = 0) -> dict:
+                        nbytes: int = 512 * 2**20, seed: int = 0,
+                        case_repeats: dict | None = None) -> dict:
     """:func:`measure_with_bandwidth` for several cases at once, **interleaved**: ``cases`` maps
     a key to ``(fn, make_inputs or None, work_bytes)``; each round runs every case once (each run
     followed by the probes), in an order shuffled per round (seeded); returns a
@@ -159,16 +164,22 @@ def measure_interleaved(cases: dict, repeats: int = 20, warmup: int = 3, device:
     switch). Timed one after the other, the cases of a table meet different stretches and a
     single row can land in a slow one; interleaved, every case samples the whole measurement
     time, and the medians compare like with like.
+
+    ``case_repeats`` gives some keys fewer timed runs than ``repeats`` (a slow case that would
+    take minutes): such a case sits out the last rounds.
     """
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    probes = _bandwidth_probes(nbytes, device)
+    reps = {key: repeats for key in cases} | (case_repeats or {})
+    if min(reps.values(), default=1) < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {reps}, {warmup}")
+    probes = read_probes(nbytes, device)
     order = np.random.default_rng(seed)
     keys = list(cases)
     times: dict = {key: [] for key in keys}
     bandwidths: dict = {key: [] for key in keys}
-    for i in range(warmup + repeats):
+    for i in range(warmup + max(reps.values(), default=0)):
         for k in order.permutation(len(keys)):
+            if i >= warmup + reps[keys[k]]:
+                continue
             fn, make_inputs, _ = cases[keys[k]]
             t = _timed(fn, make_inputs() if make_inputs else (), device)  # inputs made untimed
             best = min(_timed(probe, (), device) for probe in probes)
@@ -193,11 +204,112 @@ def machine_info(device: str = "cpu") -> dict:
         "date": _dt.date.today().isoformat(), "cpu": cpu, "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
         "numpy": np.__version__, "scipy": scipy.__version__, "torch": torch.__version__,
-        "device": device,
+        "triton": _version("triton"), "numba": _version("numba"), "device": device,
     }
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_driver"] = _nvidia_driver()
+        info["cuda"] = torch.version.cuda
     return info
+
+
+def _version(package: str) -> str:
+    """An installed package's version, read without importing it."""
+    from importlib import metadata
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _nvidia_driver() -> str:
+    """The NVIDIA driver's version, as ``nvidia-smi`` reports it."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (nvidia-smi failed)"
+    return out.strip().splitlines()[0] if out.strip() else "unknown"
+
+
+def copy_bandwidth(nbytes: int = 512 * 2**20, repeats: int = 10, device: str = "cpu") -> float:
+    """Measured copy bandwidth in GB/s: bytes read plus bytes written per second by a copy
+    kernel (``dst.copy_(src)``, ``nbytes`` each), median of ``repeats`` runs.
+
+    A GPU's bound is usually quoted this way (STREAM's copy); a kernel that only reads may get
+    somewhat more than half of it in reads, so report it next to :func:`memory_bandwidth`.
+    """
+    import torch
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    t = measure(lambda: dst.copy_(src), repeats=repeats, warmup=2, device=device).median
+    return 2 * src.numel() * 4 / t / 1e9
+
+
+# ---- the command line, metadata and file names every suite shares ----------------------------
+
+DEVICES = ("cpu", "cuda")
+#: ``--quick``/``--tiny`` pick a suite's sizes; tiny sizes test the pipeline, not the machine
+SIZES = ("full", "quick", "tiny")
+
+
+def suite_arguments(suite: str, description: str) -> argparse.ArgumentParser:
+    """The command line of ``python -m course_lib.bench SUITE``: the same options for every suite."""
+    p = argparse.ArgumentParser(prog=f"python -m course_lib.bench {suite}", description=description,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small sizes, few repeats (about a minute)")
+    size.add_argument("--tiny", action="store_true",
+                      help="toy sizes that test the pipeline in seconds (the numbers mean nothing)")
+    p.add_argument("--device", default="cpu", choices=DEVICES)
+    p.add_argument("--interpret", action="store_true",
+                   help="with --device cpu: run the CUDA suite's Triton tiers on the CPU through "
+                        "the Triton interpreter (TRITON_INTERPRET=1), as tools/gpu_check.sh "
+                        "--dry-run does; use with --tiny")
+    p.add_argument("--out", type=Path, default=Path("bench_out"),
+                   help="directory for <suite>_<device>[_interpret][_<size>].csv (default bench_out)")
+    return p
+
+
+def parse_suite_args(suite: str, description: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse a suite's command line (:func:`suite_arguments`); adds ``size``, ``suite`` and
+    ``command`` (the line as typed, recorded with the results). Exits with status 2 when
+    ``--device cuda`` finds no CUDA device or ``--interpret`` finds no interpreter."""
+    import torch
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = suite_arguments(suite, description)
+    args = parser.parse_args(argv)
+    args.suite = suite
+    args.size = "quick" if args.quick else "tiny" if args.tiny else "full"
+    args.command = shlex.join(["python", "-m", "course_lib.bench", suite, *argv])
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.exit(2, "--device cuda: no CUDA device is available on this machine\n")
+    if args.interpret and (args.device != "cpu" or os.environ.get("TRITON_INTERPRET") != "1"):
+        parser.exit(2, "--interpret runs Triton on the CPU: it needs --device cpu and "
+                       "TRITON_INTERPRET=1 in the environment\n")
+    return args
+
+
+def csv_name(args: argparse.Namespace) -> str:
+    """The one file-naming rule: ``<suite>_<device>[_interpret][_<size>].csv`` (no size: full)."""
+    parts = [args.suite, args.device] + (["interpret"] if args.interpret else [])
+    return "_".join(parts + ([] if args.size == "full" else [args.size])) + ".csv"
+
+
+def run_metadata(args: argparse.Namespace, bandwidth_GBs: float, load_at_start: float) -> dict:
+    """The metadata every suite's CSV carries: :func:`machine_info`, then the suite and size,
+    the read bandwidth measured at the start (``bandwidth_GBs``), the 1-minute load average at
+    the start and now (other jobs sharing the cores), the runtime switches that change timings
+    (``OMP_WAIT_POLICY``, numba's threads, ``TRITON_INTERPRET``) and the command."""
+    import numba
+    return {**machine_info(args.device), "suite": args.suite, "size": args.size,
+            "bandwidth_GBs": f"{bandwidth_GBs:.2f}",
+            "load_average_1min_start": f"{load_at_start:.2f}",
+            "load_average_1min_end": f"{os.getloadavg()[0]:.2f}",
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+            "numba_threads": numba.get_num_threads(),
+            "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
+            "command": args.command}
 
 
 def write_csv(rows: list[dict], path: str | os.PathLike, meta: dict | None = None) -> Path:
@@ -232,18 +344,6 @@ def read_csv(path: str | os.PathLike) -> tuple[list[dict], dict]:
     return [{k: num(v) for k, v in row.items()} for row in csv.DictReader(lines)], meta
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in SUITES:
-        print(f"usage: python -m course_lib.bench {{{','.join(SUITES)}}} [--quick] [--device cpu|cuda] "
-              "[--out DIR]", file=sys.stderr)
-        return 2
-    suite = importlib.import_module(f"course_lib.bench_{argv[0]}")
-    return suite.main(argv[1:]) or 0
-
-
 __all__ = ["Timing", "BandwidthRun", "measure", "measure_with_bandwidth", "measure_interleaved",
-           "memory_bandwidth", "machine_info", "write_csv", "read_csv"]
-
-if __name__ == "__main__":
-    sys.exit(main())
+           "memory_bandwidth", "read_probes", "copy_bandwidth", "machine_info", "write_csv", "read_csv",
+           "DEVICES", "SIZES", "suite_arguments", "parse_suite_args", "csv_name", "run_metadata"]
