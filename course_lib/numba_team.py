@@ -1,4 +1,6 @@
-"""The one process-wide numba set-up shared by the CPU kernels (``spmm.cpu_fast``, ``ffn``).
+"""The one process-wide numba set-up shared by the CPU kernels (``spmm``'s and ``ffn``'s ``cpu_fast`` tiers).
+
+Chapter: book/fast/spmm_cpu, book/fast/sparse_ffn
 
 **Threading: a team of the caller plus helper threads, not numba's ``prange``.** A ``prange``
 launch wakes numba's sleeping worker pool and then puts the caller to sleep until the last worker

@@ -7,34 +7,36 @@ NumPy array or torch tensor; C is m×n, of the same kind (and device) as B. Ever
 
 (for BSR the same sum runs over blocks: C[block row I] = Σ_p data[p] @ B[block column indices[p]]).
 
-Tiers (``IMPLEMENTATIONS``):
+Tiers (``IMPLEMENTATIONS``; the names are the package's, see ``course_lib.tiers``):
 
-- ``python``   row loop, the reference; reads like the formula.
+- ``ref``      :func:`spmm_python`, the row loop: the reference; reads like the formula.
 - ``numpy``    vectorized: gather rows of B, scale, segment-sum by row (no loop over nonzeros).
 - ``torch``    the same gather / scale / ``index_add_`` in torch; CPU and CUDA tensors.
 - ``cpu_fast`` our multi-core CPU kernel (numba, rows split over a thread team), CSR only.
-- ``triton``   a CSR row-split kernel and a BSR block kernel; native on CUDA, and on CPU through
-               the Triton interpreter (``TRITON_INTERPRET=1``, set here when no CUDA device exists).
+- ``triton``   a CSR row-split kernel and a BSR block kernel (``course_lib.spmm_triton``, imported
+               with Triton on first use); native on CUDA, and on CPU through the Triton
+               interpreter (``TRITON_INTERPRET=1``, set here when no CUDA device exists).
 
 ``spmm(A, B, impl="auto")`` checks the operands, converts B to the tier's array kind and back.
+
+Chapter: book/fast/spmm_cpu, book/fast/spmm_gpu
 """
 
 from __future__ import annotations
 
-import os
+import importlib.util
 import warnings
 
 import numpy as np
 import torch
 
-if not torch.cuda.is_available():  # must precede every @triton.jit below (read at decoration time)
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from .formats import BSR, CSR
+from .numba_team import TEAM, chunk_count, chunk_done, next_chunk, numba, wait_done
+from .tiers import check_device, check_impl, enable_interpreter_without_cuda, import_tier_module
 
-from ._numba import TEAM, chunk_count, chunk_done, next_chunk, numba, wait_done  # noqa: E402  (shared CPU threading)
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
-from .formats import BSR, CSR  # noqa: E402
+# Triton reads TRITON_INTERPRET when a kernel is decorated: set before any Triton kernel module
+# loads, here or in a notebook that imports spmm before writing its own kernels
+enable_interpreter_without_cuda()
 
 FLOAT_DTYPES = ("float32", "float64")
 #: elements of the (nnz × n) temporary the numpy tier builds per chunk of rows: 1 MiB of fp32,
@@ -77,16 +79,6 @@ def check_operands(A, B) -> None:
         raise TypeError(f"dtype mismatch: A.data is {a_dt}, B is {b_dt}")
 
 
-def _check_device(impl: str, B) -> None:
-    """The CPU tiers need B in host memory; native Triton needs B on the GPU (A moves to B's device)."""
-    device = _device(B)
-    if TIER_KIND[impl] == "numpy" and device != "cpu":
-        raise ValueError(f"device mismatch: impl {impl!r} runs on the CPU, B is on {device}")
-    if impl == "triton" and device == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ValueError("device mismatch: impl 'triton' needs B on a CUDA device here "
-                         "(a CUDA device exists, so the CPU interpreter is off)")
-
-
 def _torch_arrays(A, device):
     """(indptr, indices, data) of A as torch tensors on ``device`` (zero-copy on the CPU)."""
     return tuple(_as_torch(x, device) for x in (A.indptr, A.indices, A.data))
@@ -121,7 +113,7 @@ def _bsr_geometry(A):
 
 
 # --------------------------------------------------------------------------------------------
-# tier "python": the reference
+# tier "ref": the reference, a Python row loop
 # --------------------------------------------------------------------------------------------
 
 def spmm_python(A, B: np.ndarray) -> np.ndarray:
@@ -155,8 +147,11 @@ def _segment_sum(products: np.ndarray, local_ptr: np.ndarray, out: np.ndarray) -
 def spmm_numpy(A, B: np.ndarray) -> np.ndarray:
     """Vectorized: P = data[:, None] · B[indices] (one product row per nonzero), then C[i] = Σ_{p∈row i} P[p].
 
-    The segment sum is ``np.add.reduceat`` at the row starts; rows are processed in chunks so the
-    (nnz × n) temporary stays bounded. BSR: P[p] = data[p] @ B[block column indices[p]].
+    See the reference :func:`spmm_python`. BSR: P[p] = data[p] @ B[block column indices[p]].
+
+    Optimizations: no Python loop over nonzeros (one gather, one multiply, one
+    ``np.add.reduceat`` at the row starts); rows in chunks of about ``CHUNK_ELEMENTS`` products,
+    so that the (nnz × n) temporary stays in L2.
     """
     indptr, indices, data = A.indptr, A.indices, A.data
     indptr = indptr.astype(np.int64)
@@ -184,7 +179,12 @@ def spmm_numpy(A, B: np.ndarray) -> np.ndarray:
 def spmm_torch(A, B: torch.Tensor) -> torch.Tensor:
     """Vectorized torch: C.index_add_(0, row_of_nonzero, data[:, None] · B[indices]), on B's device.
 
-    BSR: the products are the batched block products data[p] @ B[block column indices[p]].
+    See the reference :func:`spmm_python`. BSR: the products are the batched block products
+    data[p] @ B[block column indices[p]].
+
+    Optimizations: the numpy tier's gather / scale / segment sum as torch operations, which run
+    on a GPU as well; few large chunks (``TORCH_CHUNK_ELEMENTS``), because every torch operation
+    costs a thread-pool round trip on the CPU or a kernel launch on the GPU.
     """
     indptr, indices, data = _torch_arrays(A, B.device)
     n = B.shape[1]
@@ -215,8 +215,9 @@ _ROWS_PER_CHUNK = 64
 
 
 @numba.njit(nogil=True, cache=True)
-def _csr_spmm_rows(indptr, indices, data, B, C, tid, state):  # pragma: no cover  (compiled)
-    """C[i, :] += data[p] · B[indices[p], :] for p in row i; chunks of rows claimed by the team."""
+def csr_spmm_rows(indptr, indices, data, B, C, tid, state):  # pragma: no cover  (compiled)
+    """The kernel of :func:`spmm_cpu_fast`: C[i, :] += data[p] · B[indices[p], :] for p in row i;
+    chunks of rows claimed by the team."""
     m = C.shape[0]
     lo, hi = next_chunk(state, m, _ROWS_PER_CHUNK)
     while lo >= 0:
@@ -243,10 +244,11 @@ def _csr_spmm_rows(indptr, indices, data, B, C, tid, state):  # pragma: no cover
 
 
 def spmm_cpu_fast(A, B: np.ndarray) -> np.ndarray:
-    """Multi-core CSR SpMM compiled by numba: output rows split over a thread team.
+    """Multi-core CSR SpMM compiled by numba: output rows split over a thread team. See the
+    reference :func:`spmm_python`.
 
-    What it optimizes, and why it is correct without locks:
-    - threads claim disjoint chunks of output rows (``course_lib._numba.Team``: the caller starts
+    Optimizations, and why it is correct without locks:
+    - threads claim disjoint chunks of output rows (``course_lib.numba_team.Team``: the caller starts
       at once and helpers join when they wake, instead of paying a thread-pool wake-up of
       ≈ 0.08 ms per call), so there are no write conflicts and no atomics on C;
     - eight nonzeros per pass: eight B rows are loaded at once (eight independent memory
@@ -259,93 +261,27 @@ def spmm_cpu_fast(A, B: np.ndarray) -> np.ndarray:
     if isinstance(A, BSR):
         raise TypeError("the cpu_fast tier supports CSR only; use impl='numpy' or 'torch' for BSR")
     C = np.zeros((A.shape[0], B.shape[1]), dtype=B.dtype)
-    TEAM.run(_csr_spmm_rows, A.indptr, A.indices, A.data, np.ascontiguousarray(B), C)
+    TEAM.run(csr_spmm_rows, A.indptr, A.indices, A.data, np.ascontiguousarray(B), C)
     return C
 
 
 # --------------------------------------------------------------------------------------------
-# tier "triton": CSR row-split kernel and BSR block kernel
+# tier "triton": the kernels live in course_lib.spmm_triton
 # --------------------------------------------------------------------------------------------
-
-@triton.jit
-def _csr_spmm_kernel(indptr, indices, data, B, C, N, stride_b, stride_c,
-                     BLOCK_N: tl.constexpr, BLOCK_NNZ: tl.constexpr):
-    """Program (row, column tile): C[row, tile] = Σ_p data[p] · B[indices[p], tile], BLOCK_NNZ nonzeros a step."""
-    row = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_ok = cols < N
-    # the grid has exactly M rows, so indptr[row] and indptr[row + 1] are in bounds
-    start = tl.load(indptr + row).to(tl.int64)
-    end = tl.load(indptr + row + 1).to(tl.int64)
-    acc = tl.zeros([BLOCK_N], dtype=C.dtype.element_ty)
-    for p0 in range(start, end, BLOCK_NNZ):
-        p = p0 + tl.arange(0, BLOCK_NNZ)
-        p_ok = p < end
-        k = tl.load(indices + p, mask=p_ok, other=0).to(tl.int64)
-        v = tl.load(data + p, mask=p_ok, other=0.0)
-        b = tl.load(B + k[:, None] * stride_b + cols[None, :],
-                    mask=p_ok[:, None] & col_ok[None, :], other=0.0)
-        acc += tl.sum(v[:, None] * b, axis=0)
-    tl.store(C + row * stride_c + cols, acc, mask=col_ok)
-
-
-@triton.jit
-def _bsr_spmm_kernel(indptr, indices, data, B, C, N, stride_b, stride_c,
-                     R: tl.constexpr, CB: tl.constexpr, RP: tl.constexpr, CP: tl.constexpr,
-                     BLOCK_N: tl.constexpr, USE_DOT: tl.constexpr):
-    """Program (block row I, column tile): C[I·R:(I+1)·R, tile] = Σ_p data[p] @ B[indices[p]·CB:…, tile].
-
-    R×CB blocks are padded to powers of two RP×CP (masked); with USE_DOT the block product is a
-    ``tl.dot`` (tensor cores on a GPU), else a broadcast multiply and sum.
-    """
-    brow = tl.program_id(0)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    r = tl.arange(0, RP)
-    c = tl.arange(0, CP)
-    col_ok = cols < N
-    blk_ok = (r[:, None] < R) & (c[None, :] < CB)
-    start = tl.load(indptr + brow).to(tl.int64)
-    end = tl.load(indptr + brow + 1).to(tl.int64)
-    acc = tl.zeros([RP, BLOCK_N], dtype=C.dtype.element_ty)
-    for p in range(start, end):
-        blk = tl.load(data + p * (R * CB) + r[:, None] * CB + c[None, :], mask=blk_ok, other=0.0)
-        k = tl.load(indices + p).to(tl.int64)
-        b = tl.load(B + (k * CB + c)[:, None] * stride_b + cols[None, :],
-                    mask=(c[:, None] < CB) & col_ok[None, :], other=0.0)
-        if USE_DOT:
-            acc += tl.dot(blk, b, input_precision="ieee")
-        else:
-            acc += tl.sum(blk[:, :, None] * b[None, :, :], axis=1)
-    out = (brow * R + r).to(tl.int64)
-    tl.store(C + out[:, None] * stride_c + cols[None, :], acc,
-             mask=(r[:, None] < R) & col_ok[None, :])
-
 
 def spmm_triton(A, B: torch.Tensor, block_n: int = 32, block_nnz: int = 16) -> torch.Tensor:
-    """Launch the CSR row-split kernel (grid rows × ⌈n/block_n⌉) or the BSR block kernel (block rows × …).
+    """The Triton kernels of :mod:`course_lib.spmm_triton` (imported, with Triton, on first use):
+    C = A·B as in the reference :func:`spmm_python`.
 
-    Row-split: one program per output row and column tile; rows with many nonzeros take longer
-    (load imbalance). BSR: one program per block row; each step is a dense R×CB block product.
+    Optimizations: a CSR row-split kernel, one program per (row, column tile), which loads
+    ``block_nnz`` nonzeros and their B rows at a time and accumulates in registers; for BSR one
+    program per block row, each step a dense block product (``tl.dot``: tensor cores on a GPU
+    when the padded blocks are at least 16 wide). No atomics: a program owns its output tile.
     """
+    kernels = import_tier_module("spmm_triton")
     indptr, indices, data = _torch_arrays(A, B.device)
-    B = B.contiguous()
-    m, n = A.shape[0], B.shape[1]
-    C = torch.empty((m, n), dtype=B.dtype, device=B.device)
-    if m == 0 or n == 0:
-        return C.zero_()
-    block_n = min(block_n, triton.next_power_of_2(n))
-    if isinstance(A, BSR):
-        R, Cb, mb = _bsr_geometry(A)
-        RP, CP = triton.next_power_of_2(R), triton.next_power_of_2(Cb)
-        use_dot = min(RP, CP, block_n) >= 16 and B.dtype != torch.float64
-        _bsr_spmm_kernel[(mb, triton.cdiv(n, block_n))](
-            indptr, indices, data.contiguous(), B, C, n, B.stride(0), C.stride(0),
-            R=R, CB=Cb, RP=RP, CP=CP, BLOCK_N=block_n, USE_DOT=use_dot)
-    else:
-        _csr_spmm_kernel[(m, triton.cdiv(n, block_n))](
-            indptr, indices, data, B, C, n, B.stride(0), C.stride(0),
-            BLOCK_N=block_n, BLOCK_NNZ=block_nnz)
-    return C
+    blocksize = A.blocksize if isinstance(A, BSR) else None
+    return kernels.launch(indptr, indices, data, A.shape, B, blocksize, block_n, block_nnz)
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,22 +290,23 @@ def spmm_triton(A, B: torch.Tensor, block_n: int = 32, block_nnz: int = 16) -> t
 
 #: name → tier function f(A, B) on the tier's native array kind (see ``TIER_KIND``)
 IMPLEMENTATIONS = {
-    "python": spmm_python,
+    "ref": spmm_python,
     "numpy": spmm_numpy,
     "torch": spmm_torch,
     "cpu_fast": spmm_cpu_fast,
     "triton": spmm_triton,
 }
 #: the array kind each tier takes and returns
-TIER_KIND = {"python": "numpy", "numpy": "numpy", "cpu_fast": "numpy", "torch": "torch", "triton": "torch"}
+TIER_KIND = {"ref": "numpy", "numpy": "numpy", "cpu_fast": "numpy", "torch": "torch", "triton": "torch"}
 
 
 def pick_impl(A, B) -> str:
     """The tier "auto" uses. CPU: cpu_fast for CSR (our fastest tier in the spmm benchmark) and
-    numpy for BSR (batched block products). CUDA: the Triton kernels — the intended GPU tier, not
-    yet timed on a GPU in this project (run ``python -m course_lib.bench spmm --device cuda``)."""
+    numpy for BSR (batched block products). CUDA: the Triton kernels where Triton is installed
+    (the tier written for the GPU; ``python -m course_lib.bench spmm --device cuda`` times it
+    against cuSPARSE and cuBLAS), else the torch tier."""
     if _device(B).startswith("cuda"):
-        return "triton"
+        return "triton" if importlib.util.find_spec("triton") is not None else "torch"
     return "numpy" if isinstance(A, BSR) else "cpu_fast"
 
 
@@ -378,9 +315,8 @@ def spmm(A, B, impl: str = "auto"):
     check_operands(A, B)
     if impl == "auto":
         impl = pick_impl(A, B)
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"unknown impl {impl!r}; choose one of {['auto', *IMPLEMENTATIONS]}")
-    _check_device(impl, B)
+    check_impl(impl, IMPLEMENTATIONS)
+    check_device(impl, TIER_KIND[impl], _device(B))
     is_torch = isinstance(B, torch.Tensor)
     if TIER_KIND[impl] == "numpy":
         C = IMPLEMENTATIONS[impl](A, B.detach().numpy() if is_torch else B)

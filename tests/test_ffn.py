@@ -8,7 +8,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from course_lib import ffn
+from course_lib import ffn, numba_dtypes
+from course_lib.numba_team import numba
+
+TIERS = list(ffn.IMPLEMENTATIONS)
+FAST_TIERS = [t for t in TIERS if t != "ref"]  # checked against the reference
+CPU_TIERS = [t for t in TIERS if t != "triton"]  # the Triton interpreter is slow: tiny cases only
 
 
 def _problem(rows, cols, k, dtype=torch.float64, index_dtype=torch.int64, seed=0):
@@ -29,8 +34,8 @@ def test_cpu_kernels_match_dense_oracle(rows, cols, frac, seed, dtype, index_dty
     mask[idx.long()] = 1
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
     # oracle: the dense product with the inactive entries of v zeroed
-    torch.testing.assert_close(ffn.gather_gemv(W, v, idx, backend="cpu"), W.t() @ (v * mask), **tol)
-    torch.testing.assert_close(ffn.row_gemv(W, x, idx, backend="cpu"), (W @ x)[idx.long()], **tol)
+    torch.testing.assert_close(ffn.gather_gemv(W, v, idx, impl="cpu_fast"), W.t() @ (v * mask), **tol)
+    torch.testing.assert_close(ffn.row_gemv(W, x, idx, impl="cpu_fast"), (W @ x)[idx.long()], **tol)
     torch.testing.assert_close(ffn.gather_gemv_ref(W, v, idx), W.t() @ (v * mask), **tol)
 
 
@@ -43,7 +48,7 @@ def test_unsorted_and_repeated_indices_follow_the_sum_definition():
 
 def test_inputs_that_require_grad_are_read_not_differentiated():
     W, v, x, idx = _problem(8, 5, 3)
-    got = ffn.gather_gemv(W.requires_grad_(), v, idx, backend="cpu")
+    got = ffn.gather_gemv(W.requires_grad_(), v, idx, impl="cpu_fast")
     torch.testing.assert_close(got, ffn.gather_gemv_ref(W.detach(), v, idx))
 
 
@@ -61,18 +66,18 @@ def test_empty_active_set_gives_zero():
 def test_triton_interpreter_matches_cpu(fn):
     W, v, x, idx = _problem(48, 40, 20, dtype=torch.float32)
     vec = v if fn is ffn.gather_gemv else x
-    torch.testing.assert_close(fn(W, vec, idx, backend="triton"), fn(W, vec, idx, backend="cpu"),
+    torch.testing.assert_close(fn(W, vec, idx, impl="triton"), fn(W, vec, idx, impl="cpu_fast"),
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("impl", FAST_TIERS)
 @pytest.mark.parametrize("fn", [ffn.gather_gemv, ffn.row_gemv])
-def test_bf16_accumulates_in_fp32(fn, backend):
+def test_bf16_accumulates_in_fp32(fn, impl):
     W, v, x, idx = _problem(48, 40, 21, dtype=torch.float32)
     vec = v if fn is ffn.gather_gemv else x
-    got = fn(W.bfloat16(), vec.bfloat16(), idx, backend=backend)
+    got = fn(W.bfloat16(), vec.bfloat16(), idx, impl=impl)
     assert got.dtype == torch.bfloat16
-    expected = fn(W.bfloat16().float(), vec.bfloat16().float(), idx, backend="ref")
+    expected = fn(W.bfloat16().float(), vec.bfloat16().float(), idx, impl="ref")
     torch.testing.assert_close(got.float(), expected, rtol=1e-2, atol=2e-2)  # one bf16 rounding
 
 
@@ -97,36 +102,36 @@ def test_fused_ffn_matches_the_dense_ffn_on_the_active_neurons(d_ff, d_model, d_
     act = torch.relu if activation == "relu" else torch.nn.functional.gelu
     expected = (act(W1 @ x + b1) * mask) @ W2t  # oracle: the dense FFN with inactive units zeroed
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
-    for backend in ("cpu", "ref"):
-        torch.testing.assert_close(ffn.fused_ffn(W1, b1, W2t, x, idx, activation, backend=backend),
+    for impl in CPU_TIERS:
+        torch.testing.assert_close(ffn.fused_ffn(W1, b1, W2t, x, idx, activation, impl=impl),
                                    expected, **tol)
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 def test_fused_ffn_triton_interpreter_and_bf16(activation):
     W1, b1, W2t, x, idx = _fused_problem(48, 40, 24, 21, dtype=torch.float32)
-    cpu = ffn.fused_ffn(W1, b1, W2t, x, idx, activation, backend="cpu")
-    torch.testing.assert_close(ffn.fused_ffn(W1, b1, W2t, x, idx, activation, backend="triton"), cpu,
+    cpu = ffn.fused_ffn(W1, b1, W2t, x, idx, activation, impl="cpu_fast")
+    torch.testing.assert_close(ffn.fused_ffn(W1, b1, W2t, x, idx, activation, impl="triton"), cpu,
                                rtol=1e-5, atol=1e-5)
     bf = [t.bfloat16() for t in (W1, b1, W2t, x)]
     expected = ffn.fused_ffn_ref(*(t.float() for t in bf), idx, activation)
-    for backend in ("cpu", "triton"):  # bf16 in, fp32 accumulation, one bf16 rounding out
-        got = ffn.fused_ffn(*bf, idx, activation, backend=backend)
+    for impl in FAST_TIERS:  # bf16 in, fp32 accumulation, one bf16 rounding out
+        got = ffn.fused_ffn(*bf, idx, activation, impl=impl)
         assert got.dtype == torch.bfloat16
         torch.testing.assert_close(got.float(), expected, rtol=1e-2, atol=5e-2)
 
 
-@pytest.mark.parametrize("backend", ["cpu", "triton", "ref"])
-def test_fused_ffn_edge_shapes(backend):
+@pytest.mark.parametrize("impl", TIERS)
+def test_fused_ffn_edge_shapes(impl):
     b1 = torch.arange(6.0) - 2  # relu(b1) at the active neurons 0, 3, 5: 0, 1, 3
     idx = torch.tensor([0, 3, 5])
-    got = ffn.fused_ffn(torch.zeros(6, 0), b1, torch.ones(6, 3), torch.zeros(0), idx, backend=backend)
+    got = ffn.fused_ffn(torch.zeros(6, 0), b1, torch.ones(6, 3), torch.zeros(0), idx, impl=impl)
     torch.testing.assert_close(got, torch.full((3,), 4.0))  # d_model = 0: h = act(b1)
     assert ffn.fused_ffn(torch.ones(6, 2), b1, torch.ones(6, 0), torch.ones(2), idx,
-                         backend=backend).shape == (0,)  # d_out = 0
+                         impl=impl).shape == (0,)  # d_out = 0
     empty = torch.empty(0, dtype=torch.int32)
     torch.testing.assert_close(ffn.fused_ffn(torch.ones(6, 2), b1, torch.ones(6, 3), torch.ones(2),
-                                             empty, backend=backend), torch.zeros(3))
+                                             empty, impl=impl), torch.zeros(3))
 
 
 def test_fused_ffn_bad_inputs_name_the_invariant():
@@ -188,7 +193,7 @@ def test_fused_ffn_stack_matches_the_dense_residual_stack(layers, d_ff, d_model,
         forms.append(torch.stack([i.to(index_dtypes[0]) for i in idx]))
     unpacked = ffn.FusedFFNStack(W1, b1, W2t, activation, packed=False)  # reads W1, W2t as given
     for step in [*(functools.partial(ffn.fused_ffn_stack, W1, b1, W2t, activation=activation,
-                                     backend=backend) for backend in ("cpu", "ref")), unpacked]:
+                                     impl=impl) for impl in CPU_TIERS), unpacked]:
         for sets in forms:
             got = step(x, sets)
             assert got.dtype == dtype
@@ -214,13 +219,13 @@ def test_a_prepared_stack_follows_the_team_size_and_serves_several_threads():
     from concurrent.futures import ThreadPoolExecutor
     W1, b1, W2t, x, idx = _stack_problem(2, 64, 16, (40, 64))
     stack, expected = ffn.FusedFFNStack(W1, b1, W2t), _dense_stack(W1, b1, W2t, x, idx, "relu")
-    threads = ffn.numba.get_num_threads()
+    threads = numba.get_num_threads()
     try:  # its reused buffers follow numba's thread count
         for n in sorted({1, threads}):
-            ffn.numba.set_num_threads(n)
+            numba.set_num_threads(n)
             torch.testing.assert_close(stack(x, idx), expected)
     finally:
-        ffn.numba.set_num_threads(threads)
+        numba.set_num_threads(threads)
     with ThreadPoolExecutor(4) as pool:  # and concurrent steps take turns
         for got in pool.map(lambda _: stack(x, idx), range(8)):
             torch.testing.assert_close(got, expected)
@@ -229,30 +234,30 @@ def test_a_prepared_stack_follows_the_team_size_and_serves_several_threads():
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
 def test_fused_ffn_stack_triton_interpreter_and_bf16(activation):
     W1, b1, W2t, x, idx = _stack_problem(3, 48, 40, (21, 0, 48), dtype=torch.float32)
-    cpu = ffn.fused_ffn_stack(W1, b1, W2t, x, idx, activation, backend="cpu")
-    torch.testing.assert_close(ffn.fused_ffn_stack(W1, b1, W2t, x, idx, activation, backend="triton"),
+    cpu = ffn.fused_ffn_stack(W1, b1, W2t, x, idx, activation, impl="cpu_fast")
+    torch.testing.assert_close(ffn.fused_ffn_stack(W1, b1, W2t, x, idx, activation, impl="triton"),
                                cpu, rtol=1e-5, atol=1e-5)
     bf = [t.bfloat16() for t in (W1, b1, W2t, x)]
     expected = _dense_stack(*(t.float() for t in bf), idx, activation)
-    for backend, tol in (("cpu", 5e-3), ("triton", 1e-2)):  # Triton rounds u to bf16 per layer
-        got = ffn.fused_ffn_stack(*bf, idx, activation, backend=backend)
+    for impl, tol in (("cpu_fast", 5e-3), ("triton", 1e-2)):  # Triton rounds u to bf16 per layer
+        got = ffn.fused_ffn_stack(*bf, idx, activation, impl=impl)
         assert got.dtype == torch.bfloat16  # bf16 weights, a float32 residual stream, bf16 out
         error = torch.linalg.vector_norm(got.float() - expected) / torch.linalg.vector_norm(expected)
-        assert error < tol, (backend, float(error))
+        assert error < tol, (impl, float(error))
 
 
-@pytest.mark.parametrize("backend", ["cpu", "ref"])
-def test_fused_ffn_stack_edge_cases(backend):
+@pytest.mark.parametrize("impl", CPU_TIERS)
+def test_fused_ffn_stack_edge_cases(impl):
     x = torch.tensor([3.0, -4.0])
     none = torch.zeros(0, 4, 2)
-    assert torch.equal(ffn.fused_ffn_stack(none, torch.zeros(0, 4), none, x, [], backend=backend), x)
+    assert torch.equal(ffn.fused_ffn_stack(none, torch.zeros(0, 4), none, x, [], impl=impl), x)
     W1, b1, W2t, _, _ = _stack_problem(2, 4, 2, (), dtype=torch.float32)
     empty = [torch.empty(0, dtype=torch.int64)] * 2
-    assert torch.equal(ffn.fused_ffn_stack(W1, b1, W2t, x, empty, backend=backend), x)
+    assert torch.equal(ffn.fused_ffn_stack(W1, b1, W2t, x, empty, impl=impl), x)
     zero = torch.zeros(2)  # u = 0 / √eps: the layers add act(b1) · W2t
     expected = _dense_stack(W1, b1, W2t, zero, [torch.arange(4)] * 2, "relu")
     torch.testing.assert_close(ffn.fused_ffn_stack(W1, b1, W2t, zero, [torch.arange(4)] * 2,
-                                                   backend=backend), expected)
+                                                   impl=impl), expected)
 
 
 def test_fused_ffn_stack_bad_inputs_name_the_invariant():
@@ -283,10 +288,10 @@ def test_fused_ffn_stack_bad_inputs_name_the_invariant():
         ffn.fused_ffn_stack(W1, b1, W2t, x, idx, "tanh")
 
 
-@ffn.numba.njit
+@numba.njit
 def _stored_all(values, out):
     for j in range(values.shape[0]):
-        out[j] = ffn._stored(values[j], out)
+        out[j] = numba_dtypes.stored(values[j], out)
 
 
 @given(st.lists(st.integers(0, 2**32 - 1), max_size=50))
@@ -303,45 +308,10 @@ def test_the_cpu_kernels_round_to_bf16_as_torch_does(bit_patterns):
     assert np.isnan(torch.from_numpy(bits[nan].view(np.int16)).view(torch.bfloat16).float().numpy()).all()
 
 
-@pytest.mark.parametrize("shape", [(3, 5), (0, 7), (2, 2**20 + 3)])
-def test_empty_huge_pages_is_a_writable_aligned_tensor(shape):
-    import mmap
-    t = ffn.empty_huge_pages(*shape, dtype=torch.bfloat16)
-    assert t.shape == shape and t.dtype == torch.bfloat16 and t.is_contiguous()
-    t.fill_(1.5)
-    assert bool((t == 1.5).all())
-    if t.numel() and hasattr(mmap, "MADV_HUGEPAGE"):
-        assert t.data_ptr() % (2 * 2**20) == 0  # starts on a 2 MiB page
-
-
-def test_empty_huge_pages_really_gets_huge_pages_where_linux_offers_them():
-    # A shared anonymous mapping (Python's mmap default) stays in 4 KiB pages whatever madvise
-    # says: empty_huge_pages once did that, and the benchmark's "2 MiB pages" were not.
-    if ffn.thp_mode() not in ("always", "madvise"):
-        pytest.skip(f"transparent huge pages: {ffn.thp_mode()}")
-    t = ffn.empty_huge_pages(8 * 2**20 // 4)
-    t.fill_(1.0)  # the pages exist once touched
-    assert ffn.huge_page_share(t) > 0.5
-
-
-def test_thp_mode_reads_the_bracketed_word(tmp_path):
-    (tmp_path / "enabled").write_text("always [madvise] never\n")
-    assert ffn.thp_mode(folder=tmp_path) == "madvise"
-    assert ffn.thp_mode("shmem_enabled", folder=tmp_path) is None  # no such file
-
-
-def test_huge_page_share_of_small_and_plain_tensors():
-    if ffn.huge_page_share(torch.ones(1)) is None:
-        pytest.skip("no /proc/self/smaps")
-    assert ffn.huge_page_share(torch.ones(0)) == 0.0
-    if ffn.thp_mode() == "madvise":  # without the advice, malloc'ed memory stays in 4 KiB pages
-        assert ffn.huge_page_share(torch.ones(4 * 2**20)) == 0.0
-
-
 def test_row_kernel_accumulates_in_the_values_dtype_not_float64():
-    # A literal 0 as the accumulators' start made numba promote float32 to float64, which halved
-    # the vector width of the fp32 and bf16 row GEMVs; the zero must keep the values' dtype.
-    zero = ffn.numba.njit(lambda a: ffn._zero(a))
+    # numba types a literal 0 as int64 and float32 * int64 as float64: an accumulator started at
+    # it would halve the vector width of the fp32 and bf16 kernels, so the zero keeps the dtype.
+    zero = numba.njit(lambda a: numba_dtypes.zero(a))
     for stored, acc in (("uint16", "float32"), ("float32", "float32"), ("float64", "float64")):
         zero(np.zeros(1, stored))
         assert str(zero.nopython_signatures[-1].return_type) == acc, stored
@@ -371,9 +341,9 @@ def test_bad_inputs_name_the_invariant():
     with pytest.raises(TypeError, match="share a floating dtype"):
         ffn.gather_gemv(W, v.float(), idx)
     with pytest.raises(TypeError, match="float32/float64/bfloat16"):
-        ffn.gather_gemv(W.half(), v.half(), idx, backend="cpu")
-    with pytest.raises(ValueError, match="backend"):
-        ffn.gather_gemv(W, v, idx, backend="gpu")
+        ffn.gather_gemv(W.half(), v.half(), idx, impl="cpu_fast")
+    with pytest.raises(ValueError, match="unknown impl 'gpu'"):
+        ffn.gather_gemv(W, v, idx, impl="gpu")
     with pytest.raises(TypeError, match="torch.Tensor"):
         ffn.gather_gemv(W.numpy(), v, idx)
 

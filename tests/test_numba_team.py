@@ -1,10 +1,10 @@
-"""The shared CPU threading of course_lib._numba: atomics, the chunk protocol, the team."""
+"""The shared CPU threading of course_lib.numba_team: atomics, the chunk protocol, the team."""
 
 import numpy as np
 import pytest
 
-from course_lib._numba import (TEAM, Team, chunk_count, chunk_done, claim, fetch_add,
-                               load_acquire, next_chunk, numba, prefetch, wait_done)
+from course_lib.numba_team import (TEAM, Team, chunk_count, chunk_done, claim, fetch_add,
+                                   load_acquire, next_chunk, numba, prefetch, wait_done)
 
 
 @numba.njit(nogil=True)

@@ -1,14 +1,37 @@
-"""Triton kernels of ``course_lib.ffn`` (module level, so that one kernel can call another).
+"""The sparse FFN's Triton tier (``impl="triton"``): CUDA tensors, or CPU tensors under the
+Triton interpreter (``TRITON_INTERPRET=1``, set when no CUDA device exists).
 
-Imported lazily by ``ffn._triton_kernels``; ``course_lib.spmm`` is imported first because it
-sets ``TRITON_INTERPRET=1`` when no CUDA device exists (read when the kernels are decorated).
+Chapter: book/fast/sparse_ffn
+
+Every function computes what its reference in ``ffn.ref`` computes (see there for the formulas),
+with inputs already checked by ``ffn.dispatch`` (this tier checks only the index range). The
+kernels live at module level: a ``@triton.jit`` function calls another only through module
+globals. ``ffn.dispatch`` imports this module on first use, so that ``course_lib.ffn`` works
+without Triton installed.
+
+Optimizations:
+
+- the active rows are read in place: a program takes ``BLOCK_K`` active rows (their indices
+  loaded once) and ``BLOCK_N`` columns, masked at the edges;
+- values are widened to float32 in registers (bf16 and fp32 weights accumulate in float32) and
+  rounded once, at the end;
+- the gather and the fused FFN add their partial output rows with ``atomic_add``, so programs
+  over different row blocks need no second pass; the fused FFN keeps its hidden values in
+  registers between the W1 and the W2t rows.
 """
 
-from . import spmm  # noqa: F401  (sets TRITON_INTERPRET=1 when no CUDA device exists)
-import triton  # noqa: E402
+from __future__ import annotations
+
+import torch
+
+from ..tiers import import_triton
+from .ref import check_range, rms_normalize_ref, stack_dtype
+
+triton = import_triton()  # sets TRITON_INTERPRET=1 first when there is no CUDA device
 import triton.language as tl  # noqa: E402
 
-cdiv = triton.cdiv
+#: active rows per program and output columns per step, for every kernel of this module
+BLOCK_K, BLOCK_N = 32, 128
 
 
 @triton.jit
@@ -71,3 +94,75 @@ def fused_kernel(W1, b1, W2t, x, idx, out, K, N1, N2, stride_1, stride_2,
         w = tl.load(W2t + rows[:, None] * stride_2 + cols[None, :],
                     mask=kmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
         tl.atomic_add(out + cols, tl.sum(w * h[:, None], axis=0), mask=nmask)
+
+
+# --------------------------------------------------------------------------- the tier's functions
+
+def gather_gemv(Wt: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``y = Σ_p v[idx[p]] · Wt[idx[p]]``: see the reference ``ref.gather_gemv_ref``.
+
+    Optimizations: a grid of (column block, row block) programs, each adding its partial
+    output row atomically."""
+    check_range("gather_gemv", idx, Wt.shape[0])
+    Wt, v, idx = Wt.contiguous(), v.contiguous(), idx.contiguous()
+    K, N = idx.shape[0], Wt.shape[1]
+    out = torch.zeros(N, dtype=torch.float32, device=Wt.device)
+    if K:
+        grid = (triton.cdiv(N, BLOCK_N), triton.cdiv(K, BLOCK_K))
+        gather_kernel[grid](Wt, v, idx, out, K, N, Wt.stride(0), BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
+    return out.to(Wt.dtype)
+
+
+def row_gemv(W: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``h[p] = W[idx[p]] · x``: see the reference ``ref.row_gemv_ref``.
+
+    Optimizations: one program per block of active rows; ``x`` loaded once per column block
+    for all of them."""
+    check_range("row_gemv", idx, W.shape[0])
+    W, x, idx = W.contiguous(), x.contiguous(), idx.contiguous()
+    K, N = idx.shape[0], W.shape[1]
+    out = torch.zeros(K, dtype=torch.float32, device=W.device)
+    if K:
+        row_kernel[(triton.cdiv(K, BLOCK_K),)](W, x, idx, out, K, N, W.stride(0),
+                                               BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
+    return out.to(W.dtype)
+
+
+def fused_ffn(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, x: torch.Tensor,
+              idx: torch.Tensor, activation: str) -> torch.Tensor:
+    """``y = Σ_p act(W1[idx[p]] · x + b1[idx[p]]) · W2t[idx[p]]``: see the reference
+    ``ref.fused_ffn_ref``.
+
+    Optimizations: one program per block of active neurons computes their hidden values and
+    adds their W2t rows atomically, in one launch."""
+    check_range("fused_ffn", idx, W1.shape[0])
+    return _fused(W1, b1, W2t, x, idx, activation)
+
+
+def _fused(W1, b1, W2t, x, idx, activation):
+    W1, b1, W2t, x, idx = W1.contiguous(), b1.contiguous(), W2t.contiguous(), x.contiguous(), idx.contiguous()
+    K = idx.shape[0]
+    out = torch.zeros(W2t.shape[1], dtype=torch.float32, device=W1.device)
+    if K:
+        fused_kernel[(triton.cdiv(K, BLOCK_K),)](
+            W1, b1, W2t, x, idx, out, K, W1.shape[1], W2t.shape[1], W1.stride(0), W2t.stride(0),
+            GELU=activation == "gelu", BLOCK_K=BLOCK_K, BLOCK_N=BLOCK_N)
+    return out.to(W1.dtype)
+
+
+def stack_step(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, activation: str,
+               eps: float, **cpu_options):
+    """A decode step of the FFN stack (see the reference ``ref.fused_ffn_stack_ref``): the
+    index ranges checked once, then one fused-FFN launch per layer on ``u`` rounded to the
+    weights' dtype. ``cpu_options`` (packing, huge pages) apply to the CPU tier only."""
+    acc = stack_dtype(W1.dtype)
+
+    def step(x: torch.Tensor, idx) -> torch.Tensor:
+        for i in idx:
+            check_range("FusedFFNStack", i, W1.shape[1])
+        x = x.to(acc)
+        for layer, i in enumerate(idx):
+            u = rms_normalize_ref(x, eps).to(W1.dtype)
+            x = x + _fused(W1[layer], b1[layer], W2t[layer], u, i, activation).to(acc)
+        return x.to(W1.dtype)
+    return step
