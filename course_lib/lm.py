@@ -51,8 +51,9 @@ __all__ = ["LMConfig", "CONFIGS", "CHECKPOINT_DIR", "get_config", "corpus_text",
            "encode", "decode", "splits", "windows", "Site", "nm_mask", "nm_share", "FFN",
            "Attention", "Block", "DecoderLM", "n_params", "batch_loss", "windows_perplexity",
            "perplexity", "sites", "recorded", "hidden_activations", "zero_share", "cett",
-           "cett_threshold", "cett_sparsity", "calibrate", "set_thresholds", "clear_thresholds",
-           "sweep", "cett_thresholds", "ppl_p_sparsity", "train", "save", "load", "main"]
+           "cett_threshold", "cett_sparsity", "calibrate", "magnitude_threshold", "amdahl_bound",
+           "set_thresholds", "clear_thresholds", "sweep", "cett_thresholds", "ppl_p_sparsity",
+           "train", "save", "load", "main"]
 
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "book" / "fast" / "data" / "lm"
 FFN_KINDS = ("swiglu", "drelu", "relu", "relu2")
@@ -411,11 +412,29 @@ def calibrate(model: DecoderLM, at: list[Site], sparsity: float,
     if not 0 <= sparsity < 1:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     clear_thresholds(model)
-    out = []
-    for x in recorded(model, at, w):
-        a = x.abs().flatten().sort().values
-        out.append(a[int(sparsity * (len(a) - 1))].item() if sparsity > 0 else None)
-    return out
+    return [magnitude_threshold(x, sparsity) if sparsity > 0 else None
+            for x in recorded(model, at, w)]
+
+
+def magnitude_threshold(x: torch.Tensor, sparsity: float) -> float:
+    """The threshold ``t`` that zeroes a share ``sparsity`` of ``x`` under ``|x| ≤ t``: the
+    sorted ``|x|`` at index ``⌊sparsity·(n − 1)⌋`` (CATS and TEAL calibrate this way)."""
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+    if x.numel() == 0:
+        raise ValueError("cannot calibrate a threshold on an empty tensor")
+    a = x.detach().abs().flatten().sort().values
+    return a[int(sparsity * (len(a) - 1))].item()
+
+
+def amdahl_bound(ffn_share: float, density: float) -> float:
+    """Decode speed-up bound when only the FFN (a share ``f`` of the step time) is sparsified
+    and reads a share ``d`` of its weights: ``1 / ((1 − f) + f·d)``."""
+    if not 0 <= ffn_share <= 1:
+        raise ValueError(f"ffn_share must be in [0, 1], got {ffn_share}")
+    if not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    return 1.0 / ((1.0 - ffn_share) + ffn_share * density)
 
 
 def set_thresholds(at: list[Site], thresholds: list[float | None]) -> None:
