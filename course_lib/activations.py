@@ -5,6 +5,8 @@ Exactly sparse: ``relu``, ``threshold_relu``, ``topk``, ``kwinners``, ``sparsema
 
 Every function rejects non-finite inputs with ``ValueError``: a single NaN makes ``x > 0`` false
 and would silently be counted as an "inactive" unit by the sparsity metrics.
+
+Chapter: book/foundations/activations
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Small formulas the brain chapter computes with: an energy back-of-envelope, the match
 probability of sparse binary codes (Ahmad & Scheinkman 2019), and the duty-cycle update that
 drives k-WTA boosting.  The k-WTA itself lives in ``course_lib.activations.kwinners``.
+
+Chapter: book/brain/brain
 """
 
 from __future__ import annotations

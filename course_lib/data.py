@@ -1,4 +1,7 @@
-"""Offline datasets: scikit-learn's bundled digits and small synthetic sets (no downloads)."""
+"""Offline datasets: scikit-learn's bundled digits and small synthetic sets (no downloads).
+
+Chapter: book/foundations/metrics, book/fast/spmm_cpu
+"""
 
 from __future__ import annotations
 

@@ -16,6 +16,8 @@ index, ``b_v`` per value, ``m`` rows, ``nnz`` stored values):
 * COO    ``nnz·(2·b_i + b_v)``
 * CSR    ``(m+1)·b_i + nnz·(b_i + b_v)``
 * BSR    ``(m/R+1)·b_i + nnzb·(b_i + R·C·b_v)`` with R×C blocks
+
+Chapter: book/fast/formats
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ with the fields in :data:`FIELDS`. It is the single source of the book's questio
 interview and the Anki deck::
 
     python -m course_lib.interview --anki cards.csv      # Anki-importable CSV (front, back, tags)
+
+Chapter: book/interview/questions, book/interview/mock_interview
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ Problems whose reference already lives in another module use it directly
 (``formats.coo_to_csr_ref``, ``formats.nm_mask``, ``formats.nm_compress``, ``activations.topk``,
 ``activations.kwinners``, ``activations.sparsemax``, ``moe.noisy_top_k``,
 ``moe.load_balancing_loss``); this module holds only the rest.
+
+Chapter: book/interview/coding
 """
 
 from __future__ import annotations

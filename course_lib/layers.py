@@ -1,5 +1,8 @@
 """Modules around the sparse activations: ``TopK``, ``KWinners`` (boosting + duty cycles),
-``Sparsemax`` and an ``MLP`` with a pluggable activation."""
+``Sparsemax`` and an ``MLP`` with a pluggable activation.
+
+Chapter: book/foundations/activations, book/foundations/training
+"""
 
 from __future__ import annotations
 

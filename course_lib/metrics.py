@@ -3,6 +3,8 @@
 
 Convention: dim 0 is the batch; a *unit* is any coordinate of the remaining dims (a hidden neuron of
 a linear layer, a (channel, row, col) neuron of a convolution, a (time, feature) of a sequence).
+
+Chapter: book/foundations/metrics
 """
 
 from __future__ import annotations

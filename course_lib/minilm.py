@@ -6,6 +6,8 @@ TEAL (Liu et al., 2025) zeroes the small-magnitude entries of the **input of eac
 with a per-layer threshold ``t`` calibrated so that a target share of entries falls below it:
 ``x̃ = x · 1[|x| > t]``. Here both FFN linears are thresholded: ``up`` (``intermediate.dense``, input
 ``x``) and ``down`` (``output.dense``, input ``h = GELU(W1 x + b1)``).
+
+Chapter: book/fast/transformer
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ its ``C`` best tokens; ``z_loss`` adds ``β·mean_t (logsumexp H_t)²`` to ``aux
 Dispatch groups the kept assignments by expert (a stable sort by expert id) and runs each expert on
 its own tokens only; :meth:`MoE.dense_reference` runs every expert on every token and combines with
 a dense ``(T, N)`` gate matrix: it is the oracle for tests, never the fast path.
+
+Chapter: book/fast/moe
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@
   on the weight side (an SDD then a DSD product); the course's SpMM takes a sparse *left* operand,
   so here the token matrix carries the block-diagonal structure: the same products, the same
   padding to ``R``, nothing dropped. Forward only (``spmm`` is not differentiable).
+
+Chapter: book/fast/moe
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ z-loss, shared experts, and the load statistics used to judge them.
   router logits small.
 * **Shared experts** (DeepSeekMoE, Dai et al., 2024): ``y = Σ_{s shared} E_s(x) + Σ_{e ∈ TopK}
   g_e E_e(x)``: some experts see every token, the routed ones specialise.
+
+Chapter: book/fast/moe
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ Model: a whitened patch x ∈ R^p is explained by a code a ∈ R^k over a dictio
 and the dictionary follows by a projected gradient step on the same objective.  Row-major
 conventions (samples in rows, atoms in rows) match scikit-learn's ``sparse_encode``, whose
 ``alpha`` is exactly our λ (it divides by n_features internally to match ``Lasso``'s scaling).
+
+Chapter: book/brain/sparse_coding
 """
 
 from __future__ import annotations

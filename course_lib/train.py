@@ -1,4 +1,7 @@
-"""A small, deterministic full-batch/mini-batch training loop shared by the chapters."""
+"""A small, deterministic full-batch/mini-batch training loop shared by the chapters.
+
+Chapter: book/foundations/training
+"""
 
 from __future__ import annotations
 
