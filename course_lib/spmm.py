@@ -24,7 +24,6 @@ Chapter: book/fast/spmm_cpu, book/fast/spmm_gpu
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 
 import numpy as np
@@ -32,7 +31,7 @@ import torch
 
 from .formats import BSR, CSR
 from .numba_team import TEAM, chunk_count, chunk_done, next_chunk, numba, wait_done
-from .tiers import check_device, check_impl, enable_interpreter_without_cuda, import_tier_module
+from .tiers import check_device, check_impl, enable_interpreter_without_cuda, has_triton
 
 # Triton reads TRITON_INTERPRET when a kernel is decorated: set before any Triton kernel module
 # loads, here or in a notebook that imports spmm before writing its own kernels
@@ -278,7 +277,8 @@ def spmm_triton(A, B: torch.Tensor, block_n: int = 32, block_nnz: int = 16) -> t
     program per block row, each step a dense block product (``tl.dot``: tensor cores on a GPU
     when the padded blocks are at least 16 wide). No atomics: a program owns its output tile.
     """
-    kernels = import_tier_module("spmm_triton")
+    from . import spmm_triton as kernels  # here, not at the top: Triton is an optional extra
+
     indptr, indices, data = _torch_arrays(A, B.device)
     blocksize = A.blocksize if isinstance(A, BSR) else None
     return kernels.launch(indptr, indices, data, A.shape, B, blocksize, block_n, block_nnz)
@@ -306,7 +306,7 @@ def pick_impl(A, B) -> str:
     (the tier written for the GPU; ``python -m course_lib.bench spmm --device cuda`` times it
     against cuSPARSE and cuBLAS), else the torch tier."""
     if _device(B).startswith("cuda"):
-        return "triton" if importlib.util.find_spec("triton") is not None else "torch"
+        return "triton" if has_triton() else "torch"
     return "numpy" if isinstance(A, BSR) else "cpu_fast"
 
 

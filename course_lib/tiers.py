@@ -13,8 +13,10 @@ which one ``impl="auto"`` means in ``pick_impl``. The names, used by every modul
 - ``triton``   a Triton kernel: native on CUDA, interpreted on the CPU (``TRITON_INTERPRET=1``).
 
 A module implements a subset of them (``spmm`` all five, ``ffn`` ``ref``, ``cpu_fast`` and
-``triton``). Triton is an optional dependency (the ``gpu`` extra): :func:`import_triton` loads
-it when a Triton tier is first asked for, so ``import course_lib.<module>`` works without it.
+``triton``). Triton is an optional dependency (the ``gpu`` extra): a module's Triton kernels live
+in a module of their own (``spmm_triton``, ``ffn.triton_kernels``) that the kernel module imports
+when a Triton tier is first asked for, so ``import course_lib.<module>`` works without Triton;
+:func:`import_triton` then raises an ImportError that names the extra.
 """
 
 from __future__ import annotations
@@ -46,10 +48,13 @@ def import_triton():
                           "pip install 'course_lib[gpu]' (or pick another impl, e.g. 'auto')") from err
 
 
-def import_tier_module(name: str):
-    """``course_lib.<name>``, a module of Triton kernels, imported on first use (see :func:`import_triton`)."""
-    import_triton()
-    return importlib.import_module(f"course_lib.{name}")
+def has_triton() -> bool:
+    """Whether the ``triton`` package can be imported (``pick_impl`` falls back without it)."""
+    try:
+        import_triton()
+    except ImportError:
+        return False
+    return True
 
 
 def check_impl(impl: str, implementations) -> None:

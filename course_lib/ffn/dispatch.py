@@ -11,11 +11,9 @@ once, pick the tier and call it; each tier checks only the index range, where it
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
-from ..tiers import check_device, check_impl, enable_interpreter_without_cuda, import_tier_module
+from ..tiers import check_device, check_impl, enable_interpreter_without_cuda, has_triton
 from . import cpu_fast
 from .ref import (check_fused_args, check_gemv_args, fused_ffn_ref, fused_ffn_stack_ref,
                   gather_gemv_ref, row_gemv_ref)
@@ -31,9 +29,10 @@ def _ref_stack_step(W1, b1, W2t, activation, eps, **cpu_options):
 
 
 def _triton(op: str):
-    """The Triton tier's ``op``, its module (and Triton) imported on the first call."""
+    """The Triton tier's ``op``, its module (and Triton, an optional extra) imported on the first call."""
     def run(*args, **kwargs):
-        return getattr(import_tier_module("ffn.triton_kernels"), op)(*args, **kwargs)
+        from . import triton_kernels
+        return getattr(triton_kernels, op)(*args, **kwargs)
     run.__name__ = run.__qualname__ = op
     return run
 
@@ -55,7 +54,7 @@ def pick_impl(W: torch.Tensor) -> str:
     where Triton is installed, else ``ref`` (torch on the GPU)."""
     if not W.is_cuda:
         return "cpu_fast"
-    return "triton" if importlib.util.find_spec("triton") is not None else "ref"
+    return "triton" if has_triton() else "ref"
 
 
 def resolve_impl(impl: str, W: torch.Tensor) -> str:
