@@ -6,6 +6,7 @@
 #   make exercises  regenerate exercises/ from solutions/
 # and for contributors:
 #   make notebooks CHAPTERS=book/fast/formats.ipynb   execute chapters with nbval (default: all)
+#   make gpu        on one GPU: the GPU tests and benchmarks (tools/gpu_check.sh, < 8 minutes)
 # The first target run creates .venv and installs everything; later runs skip that step
 # unless requirements.txt or pyproject.toml changed.
 
@@ -17,7 +18,7 @@ NB     ?= exercises
 CHAPTERS ?= book
 JOBS   ?= 2
 
-.PHONY: all book test notebooks grade exercises bench clean
+.PHONY: all book test notebooks grade exercises bench gpu clean
 all: test
 
 $(STAMP): requirements.txt pyproject.toml
@@ -53,6 +54,11 @@ exercises: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m course_lib.bench spmm --quick
 	$(PY) -m course_lib.bench ffn --quick
+
+# on a machine with one GPU: the GPU tests and benchmarks in under 8 minutes, CSVs into
+# book/fast/data/gpu/ (GPU_CHECK_ARGS=--dry-run: the same steps on the CPU, Triton interpreter)
+gpu:
+	bash tools/gpu_check.sh $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf _build _vendor

@@ -69,13 +69,15 @@ STEPS = ("stack", "stack_plain", "stack_separate")
 
 @dataclass(frozen=True)
 class Setup:
-    """What one run measures: the FFN's size, the timing's repeats, the decode pass's layers,
+    """What one run measures: the FFN's size, the timing's repeats and warm-up rounds, the
+    decode pass's layers,
     the bandwidth probe's buffer, the densities, the device and the kernels' tier (``auto``: the
     numba kernels on the CPU, Triton on CUDA; ``triton`` on the CPU runs the interpreter)."""
 
     d_model: int
     d_ff: int
     repeats: int
+    warmup: int = 3
     layers: int = 8
     probe_bytes: int = 512 * 2**20
     densities: tuple[float, ...] = DENSITIES
@@ -96,7 +98,7 @@ class Setup:
 SIZES = {
     "full": Setup(d_model=4096, d_ff=16384, repeats=20, layers=8),  # a 7B-class model's FFN
     "quick": Setup(d_model=512, d_ff=2048, repeats=5, layers=2, probe_bytes=64 * 2**20),
-    "tiny": Setup(d_model=64, d_ff=256, repeats=2, layers=2, probe_bytes=16 * 2**20,
+    "tiny": Setup(d_model=64, d_ff=256, repeats=2, warmup=1, layers=2, probe_bytes=16 * 2**20,
                   densities=(0.5, 0.1)),
 }
 
@@ -275,8 +277,8 @@ def _run_dtype(setup: Setup, dtype: torch.dtype, gen: torch.Generator) -> list[d
                                                repeats=max(3, setup.repeats // 4),
                                                device=setup.device)
              for op in ops for density in setup.densities}
-    runs = bench.measure_interleaved(cases, repeats=setup.repeats, device=setup.device,
-                                     nbytes=setup.probe_bytes, seed=setup.seed)
+    runs = bench.measure_interleaved(cases, repeats=setup.repeats, warmup=setup.warmup,
+                                     device=setup.device, nbytes=setup.probe_bytes, seed=setup.seed)
     return [_row(op, density, dtype, setup, runs, naive, huge)
             for op in ops for density in setup.densities]
 

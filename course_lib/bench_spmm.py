@@ -44,10 +44,10 @@ SIZES = {
                  repeats=10, probe_bytes=512 * 2**20),
     "quick": dict(cases=[((1024, 1024, 64), [0.001, 0.01, 0.1, 0.5])], repeats=5,
                   probe_bytes=512 * 2**20),
-    "tiny": dict(cases=[((64, 64, 8), [0.05, 0.5])], repeats=3, probe_bytes=16 * 2**20),
+    "tiny": dict(cases=[((32, 32, 8), [0.05, 0.5])], repeats=3, probe_bytes=16 * 2**20),
 }
-#: methods per device; "dense" is torch.mm on the densified A (MKL/oneDNN, cuBLAS). The "python"
-#: reference tier is left out (seconds per call at these sizes), and "triton" runs on CUDA only
+#: methods per device; "dense" is torch.mm on the densified A (MKL/oneDNN, cuBLAS). The "ref"
+#: tier is left out (seconds per call at these sizes), and "triton" runs on CUDA only
 #: (on the CPU it would time the interpreter: ``--interpret`` runs it there to test the suite)
 METHODS = {"cpu": ["numpy", "torch", "cpu_fast", "scipy", "torch_sparse", "dense"],
            "cuda": ["torch", "triton", "torch_sparse", "dense"]}
