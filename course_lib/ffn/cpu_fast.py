@@ -178,7 +178,6 @@ _RELU, _GELU = 0, 1  # activation codes of the fused kernel
 _ACT_CODES = {"relu": _RELU, "gelu": _GELU}  # the names of ref.ACTIVATIONS
 
 
-
 @numba.njit(inline="always")
 def _act(h, code):  # pragma: no cover - compiled
     # relu(h) = max(h, 0); gelu(h) = h · Φ(h) = h/2 · (1 + erf(h/√2)), as torch's default GELU;

@@ -26,6 +26,8 @@ ACTIVATIONS = {"relu": torch.relu, "gelu": nn.functional.gelu}
 
 def check_gemv_args(name: str, W: torch.Tensor, v: torch.Tensor, idx: torch.Tensor,
                      v_len: int) -> None:
+    """``W`` a 2-D floating tensor, ``v`` a vector of ``v_len`` values of its dtype and device,
+    ``idx`` a 1-D int32/int64 index tensor on the same device."""
     for arg, t in (("W", W), ("v", v)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
@@ -41,6 +43,7 @@ def check_gemv_args(name: str, W: torch.Tensor, v: torch.Tensor, idx: torch.Tens
 
 
 def check_idx(name: str, idx, device: torch.device, ndim: int = 1) -> None:
+    """``idx`` an ``ndim``-D int32/int64 tensor on ``device``."""
     if not isinstance(idx, torch.Tensor):
         raise TypeError(f"{name}: idx must be a torch.Tensor, got {type(idx).__name__}")
     if idx.ndim != ndim:
@@ -59,8 +62,9 @@ def check_range(name: str, idx, rows: int) -> None:
             raise ValueError(f"{name}: idx value {lo if lo < 0 else hi} is out of range [0, {rows})")
 
 
-
 def check_fused_args(name: str, W1, b1, W2t, x, idx, activation: str) -> None:
+    """The arguments of a fused FFN: :func:`check_gemv_args` for ``W1, x, idx``, then ``b1``
+    ``(d_ff,)`` and ``W2t`` ``(d_ff, d_out)`` agreeing with ``W1``."""
     check_gemv_args(name, W1, x, idx, W1.shape[1] if isinstance(W1, torch.Tensor) else 0)
     for arg, t in (("b1", b1), ("W2t", W2t)):
         if not isinstance(t, torch.Tensor):
@@ -74,6 +78,7 @@ def check_fused_args(name: str, W1, b1, W2t, x, idx, activation: str) -> None:
 
 
 def check_ffn_weights_agree(name: str, W1, b1, W2t, activation: str) -> None:
+    """One floating dtype and one device for the weights, and a known activation."""
     if not W1.is_floating_point() or W2t.dtype != W1.dtype or b1.dtype != W1.dtype:
         raise TypeError(f"{name}: W1, b1 and W2t must share a floating dtype, got {W1.dtype}, "
                         f"{b1.dtype}, {W2t.dtype}")
@@ -83,8 +88,8 @@ def check_ffn_weights_agree(name: str, W1, b1, W2t, activation: str) -> None:
         raise ValueError(f"{name}: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
 
 
-
 def check_stack_weights(name: str, W1, b1, W2t, activation: str) -> None:
+    """``W1``, ``W2t`` ``(layers, d_ff, d_model)`` and ``b1`` ``(layers, d_ff)`` that agree."""
     for arg, t in (("W1", W1), ("b1", b1), ("W2t", W2t)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}: {arg} must be a torch.Tensor, got {type(t).__name__}")
@@ -95,6 +100,8 @@ def check_stack_weights(name: str, W1, b1, W2t, activation: str) -> None:
 
 
 def check_stack_inputs(name: str, W1, x, idx) -> None:
+    """A step's ``x`` (``(d_model,)``, the weights' dtype and device) and its active sets: a list
+    of one index tensor per layer, or one ``(layers, k)`` tensor."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: x must be a torch.Tensor, got {type(x).__name__}")
     if x.shape != (W1.shape[2],):
@@ -119,12 +126,12 @@ def stack_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+# --------------------------------------------------------------------------- reference tier
+
 def rms_normalize_ref(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x / √(mean(x²) + eps)``: RMSNorm without a gain (a gain folds into the next W1)."""
     return x / torch.sqrt(x.square().mean() + eps)
 
-
-
-# --------------------------------------------------------------------------- reference tier
 
 def gather_gemv_ref(Wt: torch.Tensor, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``y = Σ_p v[idx[p]] · Wt[idx[p]]`` = ``W[:, idx] · v[idx]`` with ``W = Wtᵀ`` (copies rows)."""
@@ -140,7 +147,6 @@ def row_gemv_ref(W: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> torch.T
     return W.index_select(0, idx) @ x
 
 
-
 def fused_ffn_ref(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, x: torch.Tensor,
                   idx: torch.Tensor, activation: str = "relu") -> torch.Tensor:
     """``y = Σ_p act(W1[idx[p]] · x + b1[idx[p]]) · W2t[idx[p]]`` (copies the rows; no ``b2``)."""
@@ -148,7 +154,6 @@ def fused_ffn_ref(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, x: torc
     check_range("fused_ffn_ref", idx, W1.shape[0])
     h = ACTIVATIONS[activation](W1.index_select(0, idx) @ x + b1[idx])
     return h @ W2t.index_select(0, idx)
-
 
 
 def fused_ffn_stack_ref(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, x: torch.Tensor,
@@ -164,7 +169,6 @@ def fused_ffn_stack_ref(W1: torch.Tensor, b1: torch.Tensor, W2t: torch.Tensor, x
         x = x + fused_ffn_ref(W1[layer].to(acc), b1[layer].to(acc), W2t[layer].to(acc), u, i,
                               activation)
     return x.to(W1.dtype)
-
 
 
 def gemv_bytes(rows: int, cols: int, itemsize: int, index_itemsize: int = 0) -> int:
