@@ -239,25 +239,22 @@ def judge_check(cell: dict, specs: dict, outputs: dict, judge_errors: dict,
     mine = sorted((k for k in specs if k.rsplit("#", 1)[0] == key),
                   key=lambda k: int(k.rsplit("#", 1)[1]))
     ran = next((c for c in cell_records if c["meta"].get("key") == key), None)
+    solution = next((c for c in cell_records if c["meta"].get("role") == "solution"
+                     and c["meta"].get("exercise") == cell["exercise"] and not c["passed"]), None)
     for k in mine:
         spec, got = specs[k], outputs.get(k)
         if got is None or len(got) != len(spec.cases):
             if ran is not None and not ran["passed"] and ran["error"]:
                 why = f"the check cell failed: {ran['error']}"
-            elif ran is None:
-                why = "the check cell did not run"
             else:
-                why = "the check recorded no result"
-            solution = next((c for c in cell_records if c["meta"].get("role") == "solution"
-                             and c["meta"].get("exercise") == cell["exercise"]
-                             and not c["passed"]), None)
-            if solution is not None:
-                why = f"your solution cell failed: {solution['error']}"
-            return CheckResult(key, cell["points"], False, why)
-        why = grading.verdict(spec, got)
-        if why:
-            if spec.hint:
+                why = "the check cell did not run" if ran is None else "the check recorded no result"
+        else:
+            why = grading.verdict(spec, got)
+            if why and spec.hint:
                 why += f"\nHint: {spec.hint}"
+        if why:
+            if solution is not None:  # the learner's own cell failing is the news, not the check
+                why = f"your solution cell failed: {solution['error']}"
             return CheckResult(key, cell["points"], False, why)
     return CheckResult(key, cell["points"], True, "passed")
 

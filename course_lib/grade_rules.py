@@ -19,7 +19,11 @@ run time. README's threat model says what that leaves open.
 from __future__ import annotations
 
 import ast
+import re
 from dataclasses import dataclass
+
+#: how the course names its references (``formats.dense_to_csr_ref``, ``ic.spmv_oracle``)
+_REFERENCE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*_(ref|oracle)")
 
 #: call targets that evaluate code or reach frames/namespaces
 BANNED_NAMES = {"exec", "eval", "compile", "__import__", "globals", "locals", "vars", "setattr",
@@ -172,7 +176,8 @@ def forbidden_uses(tree: ast.AST, table: dict[str, str], forbid: list[str],
             if hit:
                 found.append(Finding("forbidden", exercise, f"uses `{hit}`, the course's "
                                      "implementation of this exercise"))
-        if isinstance(node, ast.Constant) and node.value in leaves:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and (
+                node.value in leaves or _REFERENCE_NAME.fullmatch(node.value)):
             found.append(Finding("forbidden", exercise,
                                  f"names {node.value!r}, the course's implementation"))
         if isinstance(node, ast.Name) and node.id in leaves and node.id not in table:

@@ -1,16 +1,17 @@
-"""Meta-test, half 1: every graded check PASSES on the solutions notebook."""
+"""Meta-test, half 1: every graded check PASSES on the solutions notebook, through the grader
+(judge + recording kernel), hidden cases included."""
 
 import pytest
-from gradelib import ROOT, STEMS, cell_roles, grade
+from gradelib import ROOT, STEMS, grade
 
 
 @pytest.mark.parametrize("stem", STEMS)
 def test_every_check_passes_on_the_solution(stem):
-    path = ROOT / "solutions" / f"{stem}.ipynb"
-    code, data, err = grade(path)
+    code, data, err = grade(ROOT / "solutions" / f"{stem}.ipynb")
     assert data is not None, err
-    failed = [c for c in data["cells"] if not c["passed"]]
-    assert not failed, f"{stem}: failing cells {[(c['cell'], c['error']) for c in failed]}"
-    roles = cell_roles(path)
-    assert len(data["cells"]) == len(roles), "every code cell must run"
-    assert code == 0 and all(r["status"] == "pass" for r in data["results"])
+    (nb,) = data["notebooks"]
+    assert nb["status"] == "graded" and not any("differ" in n for n in nb["notes"]), nb
+    failing = [(r["exercise"], r["feedback"]) for r in data["results"] if r["status"] != "pass"]
+    assert not failing, failing
+    assert code == 0 and all(r["earned"] == r["points"] > 0 for r in data["results"])
+    assert all(c["passed"] for c in nb["cells"]), [c for c in nb["cells"] if not c["passed"]]
