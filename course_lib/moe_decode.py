@@ -9,6 +9,8 @@ of their experts; with independent uniform routing an expert is missed by one to
 probability ``1 − k/N``, so the expected number touched is ``N·(1 − (1 − k/N)^B)``.
 
     python -m course_lib.moe_decode --out book/fast/data/moe/decode_cpu.csv   # times the kernels
+
+Chapter: book/fast/moe
 """
 
 from __future__ import annotations
