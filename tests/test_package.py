@@ -222,8 +222,11 @@ def test_the_private_name_finder():
                                            "course_lib.ffn._zero", "ffn._value"]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "book").rglob("*.ipynb")) + sorted((ROOT / "book").rglob("*.md")),
-                         ids=lambda p: str(p.relative_to(ROOT)))
+PAGES = [*sorted((ROOT / "book").rglob("*.ipynb")), *sorted((ROOT / "book").rglob("*.md")),
+         *sorted((ROOT / "solutions").glob("*.ipynb"))]  # solutions are the exercise pages
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_chapters_use_only_public_names_of_course_lib(path):
     assert not _private_uses(_notebook_code(path)), f"{path.name}: {_private_uses(_notebook_code(path))}"
 
