@@ -133,7 +133,7 @@ def _add_partials(partial, out):  # pragma: no cover - compiled
 
 @numba.njit(fastmath=True, nogil=True, cache=True)
 def _gather_gemv_cpu(Wt, v, idx, partial, out, tid, state):  # pragma: no cover - compiled
-    # Split-K: team threads claim chunks of the active list (course_lib._numba) and stream whole
+    # Split-K: team threads claim chunks of the active list (numba_team) and stream whole
     # rows of Wt (d_model contiguous values) into their own accumulator partial[tid], eight rows at
     # a time (eight memory streams in flight) while the next eight rows are prefetched. The
     # caller (tid 0) then sums the partials.
