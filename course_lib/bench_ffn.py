@@ -70,9 +70,9 @@ STEPS = ("stack", "stack_plain", "stack_separate")
 @dataclass(frozen=True)
 class Setup:
     """What one run measures: the FFN's size, the timing's repeats and warm-up rounds, the
-    decode pass's layers,
-    the bandwidth probe's buffer, the densities, the device and the kernels' tier (``auto``: the
-    numba kernels on the CPU, Triton on CUDA; ``triton`` on the CPU runs the interpreter)."""
+    decode pass's layers, the bandwidth probe's buffer, the densities, the device and the
+    kernels' tier (``auto``: the numba kernels on the CPU, Triton on CUDA; ``triton`` on the CPU
+    runs the interpreter)."""
 
     d_model: int
     d_ff: int
