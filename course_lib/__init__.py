@@ -10,9 +10,9 @@ others are named in the table of README.md. The modules, by part:
   (ReLU family, top-k, k-WTA with boosting, sparsemax), ``layers``, ``train``, ``data``.
 * Brain-inspired motivation: ``brain`` (energy budget, match probability), ``sparse_coding``
   (whitening, ISTA/FISTA, dictionary learning).
-* Making sparsity fast: ``formats`` (COO/CSR/BSR/N:M), ``spmm`` (tiered sparse × dense, its
-  Triton kernels in ``spmm_triton``), ``ffn`` (a package: sparse FFN decode, gather GEMV, the
-  fused stack), ``minilm`` (TEAL on a pretrained MiniLM), ``moe``; shared by the kernels:
+* Making sparsity fast: ``formats`` (COO/CSR/BSR/N:M), ``spmm`` (a package: tiered sparse ×
+  dense, its Triton kernels in ``spmm.triton_kernels``), ``ffn`` (a package: sparse FFN decode,
+  gather GEMV, the fused stack), ``minilm`` (TEAL on a pretrained MiniLM), ``moe``; shared by the kernels:
   ``tiers`` (the tier names and the ``impl=`` keyword), ``numba_team`` (the CPU thread team),
   ``numba_dtypes`` (bf16 and typed zeros in numba kernels), ``hugepages``; the benchmark harness
   ``bench`` with the suites ``bench_spmm``, ``bench_ffn``, ``bench_bandwidth``.

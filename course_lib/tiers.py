@@ -14,7 +14,7 @@ which one ``impl="auto"`` means in ``pick_impl``. The names, used by every modul
 
 A module implements a subset of them (``spmm`` all five, ``ffn`` ``ref``, ``cpu_fast`` and
 ``triton``). Triton is an optional dependency (the ``gpu`` extra): a module's Triton kernels live
-in a module of their own (``spmm_triton``, ``ffn.triton_kernels``) that the kernel module imports
+in a module of their own (``spmm.triton_kernels``, ``ffn.triton_kernels``) that the kernel module imports
 when a Triton tier is first asked for, so ``import course_lib.<module>`` works without Triton;
 :func:`import_triton` then raises an ImportError that names the extra.
 """

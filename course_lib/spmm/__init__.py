@@ -13,7 +13,7 @@ Tiers (``IMPLEMENTATIONS``; the names are the package's, see ``course_lib.tiers`
 - ``numpy``    vectorized: gather rows of B, scale, segment-sum by row (no loop over nonzeros).
 - ``torch``    the same gather / scale / ``index_add_`` in torch; CPU and CUDA tensors.
 - ``cpu_fast`` our multi-core CPU kernel (numba, rows split over a thread team), CSR only.
-- ``triton``   a CSR row-split kernel and a BSR block kernel (``course_lib.spmm_triton``, imported
+- ``triton``   a CSR row-split kernel and a BSR block kernel (``spmm.triton_kernels``, imported
                with Triton on first use); native on CUDA, and on CPU through the Triton
                interpreter (``TRITON_INTERPRET=1``, set here when no CUDA device exists).
 
@@ -29,9 +29,9 @@ import warnings
 import numpy as np
 import torch
 
-from .formats import BSR, CSR
-from .numba_team import TEAM, chunk_count, chunk_done, next_chunk, numba, wait_done
-from .tiers import check_device, check_impl, enable_interpreter_without_cuda, has_triton
+from ..formats import BSR, CSR
+from ..numba_team import TEAM, chunk_count, chunk_done, next_chunk, numba, wait_done
+from ..tiers import check_device, check_impl, enable_interpreter_without_cuda, has_triton
 
 # Triton reads TRITON_INTERPRET when a kernel is decorated: set before any Triton kernel module
 # loads, here or in a notebook that imports spmm before writing its own kernels
@@ -265,11 +265,11 @@ def spmm_cpu_fast(A, B: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------
-# tier "triton": the kernels live in course_lib.spmm_triton
+# tier "triton": the kernels live in course_lib.spmm.triton_kernels
 # --------------------------------------------------------------------------------------------
 
 def spmm_triton(A, B: torch.Tensor, block_n: int = 32, block_nnz: int = 16) -> torch.Tensor:
-    """The Triton kernels of :mod:`course_lib.spmm_triton` (imported, with Triton, on first use):
+    """The Triton kernels of :mod:`course_lib.spmm.triton_kernels` (imported, with Triton, on first use):
     C = A·B as in the reference :func:`spmm_python`.
 
     Optimizations: a CSR row-split kernel, one program per (row, column tile), which loads
@@ -277,7 +277,7 @@ def spmm_triton(A, B: torch.Tensor, block_n: int = 32, block_nnz: int = 16) -> t
     program per block row, each step a dense block product (``tl.dot``: tensor cores on a GPU
     when the padded blocks are at least 16 wide). No atomics: a program owns its output tile.
     """
-    from . import spmm_triton as kernels  # here, not at the top: Triton is an optional extra
+    from . import triton_kernels as kernels  # here, not at the top: Triton is an optional extra
 
     indptr, indices, data = _torch_arrays(A, B.device)
     blocksize = A.blocksize if isinstance(A, BSR) else None

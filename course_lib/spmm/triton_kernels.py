@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .tiers import import_triton
+from ..tiers import import_triton
 
 triton = import_triton()  # sets TRITON_INTERPRET=1 first when there is no CUDA device
 import triton.language as tl  # noqa: E402
