@@ -436,7 +436,7 @@ def grade_paths(paths: list[str], bundle: dict, seed: int, cell_s: float, notebo
         try:
             rep, res = grade_notebook(path, bundle, seed, cell_s, notebook_s)
         except GradeError as exc:
-            rep, res = NotebookReport(str(path), "", "unreadable", str(exc)), []
+            rep, res = NotebookReport(str(path), path.stem, "unreadable", str(exc)), []
         reports.append(rep)
         results += res
     return reports, results
