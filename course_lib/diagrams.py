@@ -10,6 +10,8 @@ independent computation.
 | ``gather_gemv_reads`` | ``book/fast/formats`` (the weights a gather-GEMV reads) |
 | ``ffn_block`` | ``book/foundations/activations`` (where an FFN's zeros appear) |
 | ``decode_roofline`` | ``book/brain/brain`` (batch-1 decode on the roofline) |
+
+Chapter: book/fast/formats, book/foundations/activations, book/brain/brain
 """
 
 from __future__ import annotations
