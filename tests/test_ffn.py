@@ -344,6 +344,12 @@ def test_bad_inputs_name_the_invariant():
         ffn.gather_gemv(W.half(), v.half(), idx, impl="cpu_fast")
     with pytest.raises(ValueError, match="unknown impl 'gpu'"):
         ffn.gather_gemv(W, v, idx, impl="gpu")
+    meta = [t.to("meta") for t in (W, v, idx)]  # a non-CPU device that needs no GPU
+    with pytest.raises(ValueError, match="device mismatch: impl 'cpu_fast' runs on the CPU"):
+        ffn.gather_gemv(*meta)
+    with pytest.raises(ValueError, match="device mismatch"):
+        ffn.FusedFFNStack(W[None].to("meta"), v[None, :8].to("meta"), W[None].to("meta"),
+                          impl="cpu_fast")
     with pytest.raises(TypeError, match="torch.Tensor"):
         ffn.gather_gemv(W.numpy(), v, idx)
 

@@ -63,7 +63,7 @@ def resolve_impl(impl: str, W: torch.Tensor) -> str:
     if impl == "auto":
         impl = pick_impl(W)
     check_impl(impl, IMPLEMENTATIONS)
-    check_device(impl, TIER_KIND[impl], "cuda" if W.is_cuda else "cpu")
+    check_device(impl, TIER_KIND[impl], W.device.type)
     return impl
 
 
