@@ -191,22 +191,22 @@ def main(argv: list[str] | None = None) -> int:
         print("GPU:", probe.stdout.strip())
     print(f"writing to {out}", flush=True)
     py = sys.executable
-    # limits per step: the tests and the two main suites take most of the budget
-    limits = dict(tests=0.30, bandwidth=0.08, spmm=0.31, ffn=0.31)
+    # (step, command, share of the budget kept for it): a step may use what the steps before it
+    # left, minus what is kept for the steps after it
     steps = [
         ("gpu tests", [py, "-m", "pytest", "-m", "gpu", "tests/test_gpu.py", "-q", "-rs",
                        "-p", "no:cacheprovider", "--noconftest",
-                       f"--junitxml={out / 'gpu_tests.xml'}"], limits["tests"]),
+                       f"--junitxml={out / 'gpu_tests.xml'}"], 0.25),
         ("bandwidth", [py, "-m", "course_lib.bench", "bandwidth", *device, *size, "--out", str(out)],
-         limits["bandwidth"]),
-        ("spmm", [py, "-m", "course_lib.bench", "spmm", *device, *size, "--out", str(out)],
-         limits["spmm"]),
-        ("ffn", [py, "-m", "course_lib.bench", "ffn", *device, *size, "--out", str(out)],
-         limits["ffn"]),
+         0.05),
+        ("spmm", [py, "-m", "course_lib.bench", "spmm", *device, *size, "--out", str(out)], 0.25),
+        ("ffn", [py, "-m", "course_lib.bench", "ffn", *device, *size, "--out", str(out)], 0.25),
     ]
     report = []
-    for name, command, share in steps:
-        report.append(run_step(name, command, share * args.budget_s, env))
+    for i, (name, command, _) in enumerate(steps):
+        kept = sum(share for *_, share in steps[i + 1:]) * args.budget_s
+        limit = max(steps[i][2] * args.budget_s, args.budget_s - (time.monotonic() - start) - kept)
+        report.append(run_step(name, command, limit, env))
         if name == "gpu tests" and (out / "gpu_tests.xml").exists():
             tests = test_results(out / "gpu_tests.xml")
             write_rows(tests, out / "gpu_tests.csv")
