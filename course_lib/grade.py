@@ -17,7 +17,8 @@ The verdict comes from the course, not from the learner's notebook:
    write the outputs as plain data;
 5. the judge compares. Points are per check cell (partial credit).
 
-Options: ``--json`` (everything, feedback whole), ``--junit FILE`` (one test case per
+Options: ``--json`` (everything, feedback whole; ``--json-file FILE`` writes it to a file
+while the table goes to the terminal), ``--junit FILE`` (one test case per
 exercise), ``--gradebook FILE`` (each PATH is one learner's folder: one CSV row per learner and
 exercise, and a total per learner), ``--seed N`` (repeat the hidden cases of an earlier report),
 ``--timeout S`` per cell, ``--notebook-timeout S`` per notebook.
@@ -448,6 +449,7 @@ def main(argv=None) -> int:
     p.add_argument("paths", nargs="*", default=["exercises"],
                    help="notebooks or folders (with --gradebook: one folder per learner)")
     p.add_argument("--json", action="store_true", help="print machine-readable results")
+    p.add_argument("--json-file", metavar="FILE", help="also write the JSON report to FILE")
     p.add_argument("--junit", metavar="FILE", help="also write a JUnit XML report")
     p.add_argument("--gradebook", metavar="FILE", help="write a CSV gradebook; each path is "
                    "one learner's folder")
@@ -473,9 +475,12 @@ def main(argv=None) -> int:
         reports, results = grade_paths(args.paths, bundle, seed, *limits)
     if args.junit:
         write_junit(args.junit, reports, results, header)
+    report = json.dumps({**header, "notebooks": [asdict(r) for r in reports],
+                         "results": [asdict(r) for r in results]}, indent=1, default=str)
+    if args.json_file:
+        Path(args.json_file).write_text(report + "\n", encoding="utf-8")
     if args.json:
-        print(json.dumps({**header, "notebooks": [asdict(r) for r in reports],
-                          "results": [asdict(r) for r in results]}, indent=1, default=str))
+        print(report)
     else:
         print(format_table(reports, results, header))
     unreadable = [rep for rep in reports if rep.status == "unreadable"]
