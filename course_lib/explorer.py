@@ -131,7 +131,10 @@ def explorer_html(frames: Sequence[str], index: Mapping[str, int], controls: Map
     var key = Array.prototype.map.call(controls, value).join("|");
     root.querySelector("img").src = "data:image/png;base64," + frames[index[key]];
   }}
-  controls.forEach(function (c) {{ c.addEventListener("input", update); }});
+  controls.forEach(function (c) {{
+    c.addEventListener("input", update);
+    c.addEventListener("change", update);
+  }});
 }})();
 </script>""")
     return "\n".join(parts)
