@@ -411,7 +411,9 @@ def write_gradebook(path: str, learners: dict[str, tuple[list, list]], bundle: d
                     "course_version", "checks_sha256", "seed"])
         tail = [header["course_version"], header["checks_sha256"], header["seed"]]
         for learner, (reports, results) in learners.items():
-            got = {r.exercise: r for r in results}
+            got: dict[str, Result] = {}
+            for r in results:  # two copies of one notebook: the first file (sorted) counts
+                got.setdefault(r.exercise, r)
             why_missing = {rep.stem: rep.reason for rep in reports if rep.status == "unreadable"}
             for stem, entry in bundle["notebooks"].items():
                 for ex, points in entry["exercises"].items():
@@ -425,8 +427,11 @@ def write_gradebook(path: str, learners: dict[str, tuple[list, list]], bundle: d
             unread = [f"{Path(rep.path).name}: {rep.reason}" for rep in reports
                       if rep.status == "unreadable"]
             total = sum(p for e in bundle["notebooks"].values() for p in e["exercises"].values())
-            w.writerow([learner, "TOTAL", f"{sum(r.earned for r in results):g}", f"{total:g}",
-                        "", "; ".join(unread), *tail])
+            counted = {r.notebook for r in got.values()}
+            ignored = sorted({f"{Path(r.notebook).name}: a second copy, not counted"
+                              for r in results if r.notebook not in counted})
+            w.writerow([learner, "TOTAL", f"{sum(r.earned for r in got.values()):g}",
+                        f"{total:g}", "", "; ".join(unread + ignored), *tail])
 
 
 def grade_paths(paths: list[str], bundle: dict, seed: int, cell_s: float, notebook_s: float

@@ -136,6 +136,7 @@ def test_a_dead_kernel_is_reported_within_seconds(tmp_path):
 def test_junit_and_gradebook(tmp_path):
     subs = tmp_path / "submissions"
     learner_copy(subs / "alice", "formats", solve=["formats.1", "formats.2", "formats.3"])
+    learner_copy(subs / "alice", "formats", solve=["formats.1"], name="zz_copy.ipynb")
     learner_copy(subs / "bob", "formats", solve=["formats.1"])
     (subs / "carol").mkdir(parents=True)
     (subs / "carol" / "formats.ipynb").write_text("not json")
@@ -148,6 +149,7 @@ def test_junit_and_gradebook(tmp_path):
     totals = {r["learner"]: r for r in rows if r["exercise"] == "TOTAL"}
     assert (totals["alice"]["earned"], totals["bob"]["earned"], totals["carol"]["earned"]) == ("7", "2", "0")
     assert totals["alice"]["points"] == f"{total_points:g}"
+    assert "zz_copy.ipynb: a second copy, not counted" in totals["alice"]["reason"]
     by = {(r["learner"], r["exercise"]): r for r in rows}
     assert by[("bob", "formats.2")]["status"] == "fail"
     assert by[("alice", "moe.1")]["reason"] == "notebook not submitted"
@@ -155,7 +157,7 @@ def test_junit_and_gradebook(tmp_path):
     assert {r["checks_sha256"] for r in rows} == {load_bundle()["checks_sha256"]}
     suites = ET.parse(junit).getroot()
     cases = suites.findall(".//testcase")
-    assert len([c for c in cases if c.get("classname") == "formats"]) == 6
+    assert len([c for c in cases if c.get("classname") == "formats"]) == 9
     failures = [c for c in cases if c.find("failure") is not None]
-    assert len(failures) == 2 and all("not implemented yet" in f.find("failure").text for f in failures)
+    assert len(failures) == 4 and all("not implemented yet" in f.find("failure").text for f in failures)
     assert any(c.find("error") is not None for c in cases)
