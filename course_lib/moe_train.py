@@ -1,6 +1,8 @@
 """Train a tiny byte-level language model with a dense FFN or MoE FFNs, and log what the MoE
 chapter reads: validation loss, load balance, dropped tokens, expert specialisation, routing traces.
 
+Chapter: book/fast/moe
+
 Corpus: the Python language reference shipped with CPython (``pydoc_data.topics``, PSF licence),
 topics joined in sorted order and encoded as UTF-8 bytes (vocabulary 256); the last 10 % is the
 validation split. Model: ``ctx``-byte context, learned positions, ``n_layers`` pre-norm blocks
