@@ -9,7 +9,8 @@ validation split. Model: ``ctx``-byte context, learned positions, ``n_layers`` p
 ``x ← x + Attn(LN x)``, ``x ← x + FFN(LN x)``, where FFN is a ReLU MLP or a
 :class:`~course_lib.moe.MoE` with the same **active** hidden width.
 
-    python -m course_lib.moe_train --out book/fast/data/moe        # all variants, ~minutes, 1 thread
+    python -m course_lib.moe_train --out book/fast/data/moe     # all variants, 1 thread, ~20 min
+                                                                # on a shared 2-core machine
 """
 
 from __future__ import annotations
@@ -44,8 +45,6 @@ VARIANTS = {
                           capacity_factor=1.0),
 }
 #: byte classes for the specialisation table
-#: tokens of the validation split whose routing is logged (the decode-cache simulation reads it)
-TRACE_TOKENS = 4096
 CLASSES = ("lower", "upper", "digit", "space", "newline", "punct")
 
 
@@ -128,19 +127,38 @@ def batches(data: np.ndarray, batch: int, rng: np.random.Generator):
         yield w[:, :-1], w[:, 1:]
 
 
-def val_windows(val: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` consecutive non-overlapping windows from the start of the validation split."""
-    w = torch.as_tensor(val[:n * CTX + 1].astype(np.int64))
-    return w[:-1].view(n, CTX), w[1:].view(n, CTX)
+def val_windows(val: np.ndarray, n: int, seed: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random windows of the validation split (seeded): batches mixed like training's."""
+    return next(batches(val, n, np.random.default_rng(seed)))
+
+
+def trace_windows(val: np.ndarray, tokens: int = 4096) -> torch.Tensor:
+    """Consecutive non-overlapping windows from the start of the validation split: one running
+    text, in order, as a decoder would meet it."""
+    return torch.as_tensor(val[:tokens].astype(np.int64)).view(-1, CTX)
+
+
+@torch.no_grad()
+def routing_trace(model: TinyLM, X: torch.Tensor, batch: int = 16) -> list[list]:
+    """Per MoE layer (token choice only), the experts each token of ``X`` (in order) asks for:
+    ``idx (T, k)`` before capacity, as a nested list."""
+    model.eval()
+    traces: list[list] = [[] for _ in model.moes()]
+    for lo in range(0, len(X), batch):
+        model(X[lo:lo + batch])
+        for m, tr in zip(model.moes(), traces):
+            tr.extend(m.last_routing.idx.tolist())
+    model.train()
+    return traces if all(m.routing == "token_choice" for m in model.moes()) else []
 
 
 @torch.no_grad()
 def evaluate(model: TinyLM, X: torch.Tensor, Y: torch.Tensor, batch: int = 16) -> dict:
     """Validation loss (nats and bits per byte) and, for MoE, per layer: demand load and its
     balance, share of assignments dropped at the layer's capacity factor, z statistic, the
-    (experts × byte classes) assignment counts and the routing trace ``idx`` per token."""
+    (experts × byte classes) assignment counts."""
     model.eval()
-    losses, layers = [], [dict(load=0, dropped=0, total=0, z=0.0, spec=0, trace=[]) for _ in model.moes()]
+    losses, layers = [], [dict(load=0, dropped=0, total=0, z=0.0, spec=0) for _ in model.moes()]
     for lo in range(0, len(X), batch):
         x, y = X[lo:lo + batch], Y[lo:lo + batch]
         losses.append(nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum").item())
@@ -155,8 +173,6 @@ def evaluate(model: TinyLM, X: torch.Tensor, Y: torch.Tensor, batch: int = 16) -
             onehot = torch.zeros(len(cls), len(CLASSES)).index_put_((torch.arange(len(cls)), cls), torch.tensor(1.0))
             routed = torch.zeros(len(cls), m.n_routed).scatter_add_(1, r.idx, r.keep.float())
             acc["spec"] = acc["spec"] + routed.T @ onehot
-            if m.routing == "token_choice" and lo < TRACE_TOKENS // CTX:  # a decode-cache trace
-                acc["trace"].append(r.idx.clone())
     n = Y.numel()
     out = {"val_loss": sum(losses) / n, "val_bpb": sum(losses) / n / math.log(2), "layers": []}
     for acc in layers:
@@ -164,14 +180,14 @@ def evaluate(model: TinyLM, X: torch.Tensor, Y: torch.Tensor, batch: int = 16) -
         out["layers"].append({
             "load": load.tolist(), **balance_stats(load),
             "dropped_share": acc["dropped"] / max(acc["total"], 1), "z": acc["z"] / n,
-            "specialisation": acc["spec"].round().int().tolist(),
-            "trace": torch.cat(acc["trace"]).tolist() if acc["trace"] else None})
+            "specialisation": acc["spec"].round().int().tolist()})
     model.train()
     return out
 
 
 def train(name: str, steps: int, batch: int, lr: float, train_data: np.ndarray,
-          Xv: torch.Tensor, Yv: torch.Tensor, capacity_factor: float, log_every: int = 25) -> tuple[TinyLM, dict]:
+          Xv: torch.Tensor, Yv: torch.Tensor, Xt: torch.Tensor, capacity_factor: float,
+          log_every: int = 25) -> tuple[TinyLM, dict]:
     cfg = VARIANTS[name]
     model = TinyLM(cfg if "dense" in cfg else {"capacity_factor": capacity_factor, **cfg})
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
@@ -205,14 +221,14 @@ def train(name: str, steps: int, batch: int, lr: float, train_data: np.ndarray,
               "active_ffn_params": active_ffn_params(model),
               "total_params": sum(p.numel() for p in model.parameters()),
               "train_seconds_under_load": seconds, "log": log,
-              **evaluate(model, Xv, Yv)}
+              **evaluate(model, Xv, Yv), "trace": routing_trace(model, Xt)}
     return model, result
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("book/fast/data/moe"))
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--capacity-factor", type=float, default=1.25)
@@ -224,9 +240,11 @@ def main(argv=None) -> None:
     torch.set_num_threads(1)
     train_data, val = split(corpus_bytes())
     Xv, Yv = val_windows(val, args.val_windows)
+    Xt = trace_windows(val)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.variants:
-        model, result = train(name, args.steps, args.batch, args.lr, train_data, Xv, Yv, args.capacity_factor)
+        model, result = train(name, args.steps, args.batch, args.lr, train_data, Xv, Yv, Xt,
+                              args.capacity_factor)
         (args.out / f"{name}.json").write_text(json.dumps(result))
         if name in args.checkpoint:
             torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()},
