@@ -7,7 +7,7 @@ of plain JavaScript show the frame of the current control values: it needs no ke
 widget manager, in the book or in a notebook. The chapters keep their ipywidgets version for a
 live notebook (tagged ``remove-cell``, so the site shows only the static one).
 
-Used by ``book/fast/formats``, ``book/foundations/activations`` and ``book/brain/sparse_coding``.
+Chapters: book/fast/formats, book/foundations/activations, book/brain/sparse_coding
 """
 
 from __future__ import annotations
