@@ -580,10 +580,25 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+def _write_config(args) -> None:
+    """The run's settings (command line and ``train_sae`` defaults), for the chapter to print."""
+    import inspect
+
+    defaults = {k: v.default for k, v in inspect.signature(train_sae).parameters.items()
+                if k in ("dead_after", "aux_coeff")}
+    defaults |= {f"jumprelu_{k}": v.default for k, v in
+                 inspect.signature(JumpReLUSAE.__init__).parameters.items()
+                 if k in ("bandwidth", "init_threshold")}
+    config = {k: v for k, v in vars(args).items() if k != "cmd"} | defaults
+    DATA.mkdir(parents=True, exist_ok=True)
+    (DATA / "train_config.json").write_text(json.dumps(config, indent=1) + "\n")
+
+
 def _cmd_train(args) -> None:
     from safetensors.torch import save_file
 
     torch.set_num_threads(args.threads)
+    _write_config(args)
     data = torch.load(CACHE / "acts.pt")
     acts, test = data["acts"], data["test"]
     train, held = acts[~test], acts[test]
@@ -595,7 +610,8 @@ def _cmd_train(args) -> None:
             t0 = time.perf_counter()
             sae = _make(kind, v, n_lat, d)
             log = train_sae(sae, train, args.steps, args.batch, args.lr)
-            row = {"kind": kind, "param": v, **evaluate(sae, held),
+            theta = sae.threshold.mean() if kind != "topk" else torch.tensor(float("nan"))
+            row = {"kind": kind, "param": v, **evaluate(sae, held), "threshold": float(theta),
                    "train_seconds": round(time.perf_counter() - t0, 1)}
             rows.append(row)
             curves += [{"kind": kind, "param": v, **r} for r in log]
@@ -608,14 +624,16 @@ def _cmd_train(args) -> None:
     dead_rows = []
     fixes = {"random init": dict(tied=False), "tied init": dict(tied=True),
              "random init + AuxK": dict(tied=False, k_aux=args.k_aux),
-             "random init + resampling": dict(tied=False, resample_every=args.resample_every)}
+             "random init + resampling": dict(tied=False, resample_every=args.resample_every),
+             "tied init + AuxK": dict(tied=True, k_aux=args.k_aux)}
     for name, cfg in fixes.items():
         sae = TopKSAE(d, n_lat, args.dead_k, tied=cfg.get("tied", True))
         log = train_sae(sae, train, args.steps, args.batch, args.lr, k_aux=cfg.get("k_aux", 0),
                         resample_every=cfg.get("resample_every", 0))
         ev = evaluate(sae, held)
-        dead_rows += [{"setup": name, **r, "final_fve": ev["fve"], "final_dead": ev["dead"]}
-                      for r in log]
+        dead_all = evaluate(sae, acts)["dead"]  # never active on any of the corpus's tokens
+        dead_rows += [{"setup": name, **r, "final_fve": ev["fve"], "final_dead": ev["dead"],
+                       "final_dead_all_tokens": dead_all} for r in log]
         print(name, ev, flush=True)
     _write_csv(DATA / "dead_latents.csv", dead_rows)
 
@@ -639,7 +657,7 @@ def _cmd_train(args) -> None:
     (DATA / "features.json").write_text(json.dumps(features, indent=1) + "\n")
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m course_lib.sae", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("collect", help="MiniLM residual stream over the Python language reference")
@@ -651,13 +669,17 @@ def main(argv=None) -> int:
     t.add_argument("--batch", type=int, default=256)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--ks", type=int, nargs="+", default=[8, 16, 32, 64])
-    t.add_argument("--lambdas", type=float, nargs="+", default=[3e-2, 1e-2, 3e-3, 5e-4])
+    t.add_argument("--lambdas", type=float, nargs="+", default=[1e-2, 3e-3, 1e-3, 3e-4])
     t.add_argument("--k-aux", type=int, default=256)
     t.add_argument("--dead-k", type=int, default=16)
     t.add_argument("--resample-every", type=int, default=250)
     t.add_argument("--keep", nargs=2, default=["batchtopk", "32"])
     t.add_argument("--n-features", type=int, default=12)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
     if args.cmd == "train":
         args.keep = (args.keep[0], int(args.keep[1]))
     {"collect": _cmd_collect, "train": _cmd_train}[args.cmd](args)
