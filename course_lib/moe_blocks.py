@@ -30,7 +30,7 @@ import torch
 from .formats import BSR
 from .spmm import spmm
 
-__all__ = ["padded_experts", "dropless_experts", "block_rows"]
+__all__ = ["padded_experts", "dropless_experts", "block_rows", "dispatch_layout", "dispatch_diagram"]
 
 
 def _assignments(r, use_keep: bool):
@@ -99,3 +99,64 @@ def dropless_experts(layer, x: torch.Tensor, r, R: int = 4) -> tuple[torch.Tenso
     sizes = {"assignments": len(experts), "padded_rows": P, "blocks": len(block_expert),
              "capacity_rows": N * max(1, int(counts.max(initial=0)))}
     return y, sizes
+
+
+def dispatch_layout(idx: torch.Tensor, n_experts: int, capacity_factor: float, R: int) -> dict:
+    """Where each token of a top-1 routing ``idx (T, 1)`` lands in both layouts: per expert, the
+    tokens placed in order and the rows reserved — ``"capacity"``: ``C`` slots, overflow dropped
+    (``moe.dispatch``); ``"dropless"``: all its tokens, ``R·⌈c_e/R⌉`` rows — plus ``C`` and the
+    dropped tokens."""
+    from .moe import dispatch, expert_capacity
+    if idx.ndim != 2 or idx.shape[1] != 1:
+        raise ValueError(f"idx must be a top-1 routing of shape (T, 1), got {tuple(idx.shape)}")
+    C = expert_capacity(len(idx), n_experts, 1, capacity_factor)
+    keep = dispatch(idx, n_experts, C)[:, 0]
+    groups = [[t for t in range(len(idx)) if int(idx[t, 0]) == e] for e in range(n_experts)]
+    rows = block_rows([len(g) for g in groups], R)
+    return {"C": C, "dropped": [t for t in range(len(idx)) if not keep[t]],
+            "capacity": [([t for t in g if keep[t]], C) for g in groups],
+            "dropless": [(g, int(r)) for g, r in zip(groups, rows)]}
+
+
+def dispatch_diagram(idx: torch.Tensor, n_experts: int, capacity_factor: float = 1.0, R: int = 2):
+    """MoE dispatch drawn from :func:`dispatch_layout`: tokens (coloured by expert) → a capacity
+    buffer of ``C`` slots per expert (dropped tokens marked, padding hatched) on the left, the
+    dropless layout padded to multiples of ``R`` on the right. Returns the ``Figure``."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, Rectangle
+    lay = dispatch_layout(idx, n_experts, capacity_factor, R)
+    T = len(idx)
+    expert_of = [int(e) for e in idx[:, 0]]
+    colors = plt.cm.tab10(np.arange(n_experts) % 10)
+    titles = {"capacity": f"capacity C = ⌈{capacity_factor}·{T}/{n_experts}⌉ = {lay['C']} slots per expert",
+              "dropless": f"dropless: each group padded to a multiple of R = {R}"}
+    height = max(T, *(sum(r for _, r in lay[k]) + n_experts - 1 for k in titles))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.3 * height + 1.2))
+    for ax, (kind, title) in zip(axes, titles.items()):
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+        ax.set_xlim(-0.2, 8.5)
+        ax.set_ylim(-height - 0.2, 0.2)
+        for t in range(T):
+            ax.add_patch(Rectangle((0, -t - 1), 0.8, 0.8, color=colors[expert_of[t]], alpha=0.8))
+            ax.text(0.4, -t - 0.6, f"t{t}", ha="center", va="center", fontsize=7)
+        y = 0
+        for e, (placed, rows) in enumerate(lay[kind]):
+            for j in range(rows):
+                if j < len(placed):
+                    t = placed[j]
+                    ax.add_patch(Rectangle((4, -y - j - 1), 0.8, 0.8, color=colors[e], alpha=0.8))
+                    ax.text(4.4, -y - j - 0.6, f"t{t}", ha="center", va="center", fontsize=7)
+                    ax.add_patch(FancyArrowPatch((0.85, -t - 0.6), (3.95, -y - j - 0.6),
+                                                 arrowstyle="->", color=colors[e], lw=0.8))
+                else:
+                    ax.add_patch(Rectangle((4, -y - j - 1), 0.8, 0.8, fill=False, hatch="///", ec="grey"))
+            ax.text(5.0, -y - rows / 2, f"expert {e}: {len(placed)} tokens, {rows - len(placed)} padding",
+                    fontsize=7, va="center")
+            y += rows + 1
+        if kind == "capacity":
+            for t in lay["dropped"]:
+                ax.text(0.95, -t - 0.6, "✗ dropped: over capacity, residual only", fontsize=7,
+                        va="center", color="crimson")
+    fig.tight_layout()
+    return fig

@@ -191,3 +191,17 @@ def test_dropless_keeps_what_capacity_drops():
     assert torch.all(y_drop[dropped] == 0) and torch.all(y_full[dropped].abs().sum(1) > 0)
     with pytest.raises(ValueError, match="block height"):
         moe_blocks.block_rows([1, 2], 0)
+
+
+def test_dispatch_layout_and_diagram():
+    idx = torch.tensor([[0], [1], [0], [0], [2], [0], [1], [2], [1], [0]])
+    lay = moe_blocks.dispatch_layout(idx, 3, 1.0, R=2)
+    assert lay["C"] == 4 and lay["dropped"] == [9]  # expert 0's fifth token overflows C = ⌈10/3⌉
+    assert lay["capacity"] == [([0, 2, 3, 5], 4), ([1, 6, 8], 4), ([4, 7], 4)]
+    assert lay["dropless"] == [([0, 2, 3, 5, 9], 6), ([1, 6, 8], 4), ([4, 7], 2)]
+    fig = moe_blocks.dispatch_diagram(idx, 3, 1.0, R=2)
+    assert len(fig.axes) == 2
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    with pytest.raises(ValueError, match="top-1 routing"):
+        moe_blocks.dispatch_layout(torch.zeros(4, 2, dtype=torch.long), 3, 1.0, 2)
