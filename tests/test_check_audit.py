@@ -2,12 +2,15 @@
 (the course's solution with one realistic mistake) makes that check fail, and the course's
 solution passes it. Runs the bundle's cells in-process, in the checks' interactive mode."""
 
+import textwrap
+
 import pytest
 
 from course_lib import grading
 from course_lib.exercises import load_bundle
 
-#: check key → (text in the course's solution cell, the mistake that replaces it)
+#: check key → (text in the course's solution cell, the mistake that replaces it), or the
+#: source of a wrong function that replaces the course's after its solution cell ran
 WRONG = {
     "activations.1/0": ("idx = x.topk(k, dim=1).indices", "idx = x.abs().topk(k, dim=1).indices"),
     "activations.1/1": ("    if not 1 <= k <= x.shape[1]:\n        raise ValueError(f\"k must be in 1..{x.shape[1]}, got {k}\")\n", ""),
@@ -50,6 +53,9 @@ WRONG = {
     "moe.1/0": ("return idx, torch.softmax(top, dim=1)",
                 "return idx, torch.softmax(logits, dim=1).gather(1, idx)"),
     "moe.2/0": ("/ idx.numel()", "/ idx.shape[0]"),
+    "moe.4/0": ("    for e in range(routed, N):", "    for e in range(n_shared):"),
+    "moe.5/0": ("torch.sign(load.mean() - load)", "torch.sign(load - load.mean())"),
+    "moe.6/0": ("key=lambda t: (-float(scores[t, e]), t)", "key=lambda t: (-float(scores[t, e]), -t)"),
     "moe.3/0": ("    for s in range(idx.shape[1]):\n        for t in range(idx.shape[0]):",
                 "    for t in range(idx.shape[0]):\n        for s in range(idx.shape[1]):"),
     "sparse_coding.1/0": ("return torch.sign(x) * torch.clamp(x.abs() - t, min=0)",
@@ -72,6 +78,27 @@ WRONG = {
     "training.1/0": ("return lam * sum(h.abs().mean() for h in hidden)",
                      "return lam * sum(h.abs().sum() for h in hidden)"),
     "training.2/0": ("    optimizer.zero_grad()\n", ""),
+    "training.3/0": """
+        def pareto_front(rows):                        # drops a row tied with another on both
+            return [r for r in rows
+                    if not any(o is not r and o[1] >= r[1] and o[2] >= r[2] for o in rows)]
+
+        def operating_point(rows, max_drop):           # picks the sparsest row, ignoring accuracy
+            if not rows or max_drop < 0:
+                raise ValueError("bad input")
+            return min(rows, key=lambda r: (-r[2], r[0]))[0]
+    """,
+    "training.4/0": """
+        def leaky_warmup_slope(step, warmup_steps, start_slope):   # goes negative after warm-up
+            if warmup_steps <= 0 or step < 0:
+                raise ValueError("bad input")
+            return start_slope * (1 - step / warmup_steps)
+
+        def dead_unit_mask(h):                         # "dead on some row" instead of every row
+            if h.dim() != 2:
+                raise ValueError("h must be 2-D")
+            return (h == 0).any(dim=0)
+    """,
 }
 
 BUNDLE = load_bundle()["notebooks"]
@@ -85,9 +112,11 @@ def run_notebook(stem, exercise, replace=None):
     outcome = {}
     for cell in BUNDLE[stem]["cells"]:
         source = cell["source"]
-        if cell["role"] == "solution" and cell["exercise"] == exercise and replace:
+        if cell["role"] == "solution" and cell["exercise"] == exercise and isinstance(replace, tuple):
             assert replace[0] in source, f"{exercise}: the course's solution changed"
             source = source.replace(*replace)
+        elif cell["role"] == "solution" and cell["exercise"] == exercise and replace:
+            source += "\n" + textwrap.dedent(replace)
         if cell["role"] == "check":
             try:
                 exec(compile(source, cell["key"], "exec"), ns)
@@ -110,5 +139,15 @@ def test_check_rejects_a_plausible_wrong_solution(stem, key):
     exercise = key.split("/")[0]
     assert grading._STATE is None  # interactive mode; tests/test_solutions_pass.py runs the solutions
     why = run_notebook(stem, exercise, WRONG[key])[key]
-    assert why is not None, f"{key} accepts the mistake {WRONG[key][1]!r}"
+    assert why is not None, f"{key} accepts the mistake {WRONG[key]!r}"
     assert why.startswith(f"[{exercise}]")
+
+
+#: exercises for which the course has no implementation a solution could call
+NOTHING_TO_FORBID = {"sparse_ffn.3", "spmm_gpu.2", "training.1", "training.3"}
+
+
+def test_every_solution_lists_what_it_must_not_call():
+    empty = {c["exercise"] for e in BUNDLE.values() for c in e["cells"]
+             if c["role"] == "solution" and not c["forbid"]}
+    assert empty == NOTHING_TO_FORBID
