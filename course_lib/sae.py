@@ -246,8 +246,9 @@ class TopKSAE(_SAEMethods, KSparseAutoencoder):
 
 class BatchTopKSAE(TopKSAE):
     """BatchTopK SAE (Bussmann et al., 2024): training keeps the k·B largest pre-activations of the
-    batch (:func:`batch_topk`); inference uses z = u·1[u > θ] with one global threshold θ, the
-    running mean over training batches of the smallest kept activation.
+    batch (:func:`batch_topk`); inference uses z = u·1[u > θ] with one global threshold θ, an
+    exponential running mean (``threshold_momentum``) over training batches of the smallest
+    kept activation.
     """
 
     kind = "batchtopk"
@@ -553,9 +554,11 @@ def _cmd_collect(args) -> None:
     CACHE.mkdir(parents=True, exist_ok=True)
     torch.save({"acts": acts / scale, "win": win, "pos": pos, "test": test, "windows": windows},
                CACHE / "acts.pt")
+    from pydoc_data.topics import topics as texts
+
     meta = {"corpus": "pydoc_data.topics.topics (the Python language reference shipped with "
                       "CPython; PSF licence)",
-            "characters": sum(len(t) for t in __import__("pydoc_data.topics").topics.topics.values()),
+            "characters": sum(len(t) for t in texts.values()),
             "topics": len(topics), "held_out_topics": sorted(held_out),
             "tokens": int(acts.shape[0]), "train_tokens": int((~test).sum()),
             "test_tokens": int(test.sum()), "layer": LAYER, "d_model": int(acts.shape[1]),
