@@ -247,7 +247,7 @@ def test_auxk_loss_trains_only_dead_latents():
     dead = torch.zeros(10, dtype=torch.bool)
     dead[[1, 4, 7]] = True
     loss = S.auxk_loss(sae, pre, residual, dead, 2)
-    assert 0 < float(loss)
+    assert 0 < float(loss.detach())
     loss.backward()
     rows_with_grad = set(torch.nonzero(sae.encoder.weight.grad.abs().sum(1)).flatten().tolist())
     assert rows_with_grad <= {1, 4, 7} and rows_with_grad
