@@ -376,7 +376,8 @@ def cett(h: torch.Tensor, w_down: torch.Tensor, eps: float) -> torch.Tensor:
 
     Neuron ``i`` contributes ``n_i = h_i·W_down[:, i]`` to the FFN output ``y = Σ_i n_i``; a neuron
     is inactive if ``‖n_i‖ = |h_i|·‖W_down[:, i]‖ < eps``, and
-    ``CETT(eps) = ‖Σ_{inactive} n_i‖ / ‖y‖``: the relative error of dropping the inactive ones.
+    ``CETT(eps) = ‖Σ_{inactive} n_i‖ / ‖y‖``: the relative error of dropping the inactive ones
+    (NaN for a token with ``y = 0``).
     ``h (tokens, d_ff)``, ``w_down (d_model, d_ff)`` (``nn.Linear`` layout).
     """
     norms = h.abs() * w_down.norm(dim=0)
@@ -386,13 +387,19 @@ def cett(h: torch.Tensor, w_down: torch.Tensor, eps: float) -> torch.Tensor:
 
 def cett_threshold(h: torch.Tensor, w_down: torch.Tensor, target: float = 0.2,
                    iters: int = 40) -> float:
-    """The largest ``eps`` whose mean CETT over the tokens is ≤ ``target`` (bisection)."""
+    """The largest ``eps`` whose mean CETT over the tokens is ≤ ``target`` (bisection; CETT need
+    not be monotone in ``eps``, as dropped contributions can cancel, so this finds a crossing).
+    Tokens whose FFN output is exactly zero (every ``h_i = 0``, which ReLU-family layers
+    produce) have CETT 0/0 and are left out of the mean."""
     if not 0 <= target < 1:
         raise ValueError(f"CETT target must be in [0, 1), got {target}")
-    lo, hi = 0.0, (h.abs() * w_down.norm(dim=0)).max().item()
+    norms = h.abs() * w_down.norm(dim=0)
+    y_norm = (h @ w_down.T).norm(dim=1)
+    lo, hi = 0.0, norms.max().item()
     for _ in range(iters):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if cett(h, w_down, mid).mean().item() <= target else (lo, mid)
+        err = ((h * (norms < mid)) @ w_down.T).norm(dim=1) / y_norm
+        lo, hi = (mid, hi) if err.nanmean().item() <= target else (lo, mid)
     return lo
 
 
@@ -453,19 +460,31 @@ def clear_thresholds(model: DecoderLM) -> None:
 
 def sweep(model: DecoderLM, kind: str, levels: list[float], calib_w: torch.Tensor,
           eval_w: torch.Tensor) -> list[dict]:
-    """Training-free sparsification at each target share in ``levels``: calibrate the sites of
-    ``kind`` (``"teal"``/``"cats"``/``"hidden"``) on ``calib_w``, then measure on ``eval_w`` the
-    perplexity and the share of site inputs actually zeroed (mean over sites)."""
+    """Training-free sparsification at each target share in ``levels``: thresholds calibrated
+    at the sites of ``kind`` (``"teal"``/``"cats"``/``"hidden"``) on the dense model's inputs on
+    ``calib_w``; on ``eval_w``, the perplexity and the share of site inputs actually zeroed
+    (mean over sites; upstream thresholds shift what later sites receive)."""
+    at = sites(model, kind)
+    clear_thresholds(model)
+    calib = recorded(model, at, calib_w)
     rows = []
-    for level in levels:
-        at = sites(model, kind)
-        ts = calibrate(model, at, level, calib_w)
-        set_thresholds(at, ts)
-        achieved = [zero_share(x, 0.0 if t is None else t)
-                    for x, t in zip(recorded(model, at, eval_w), ts)]
-        rows.append({"method": kind, "target": level, "sparsity": sum(achieved) / len(achieved),
-                     "ppl": windows_perplexity(model, eval_w)})
+    try:
+        for level in levels:
+            ts = [magnitude_threshold(x, level) if level > 0 else None for x in calib]
+            set_thresholds(at, ts)
+            for s in at:
+                s.record = []
+            ppl = windows_perplexity(model, eval_w)
+            zeroed = [zero_share(torch.cat(s.record), 0.0 if t is None else t)
+                      for s, t in zip(at, ts)]
+            for s in at:
+                s.record = None
+            rows.append({"method": kind, "target": level, "sparsity": sum(zeroed) / len(zeroed),
+                         "ppl": ppl})
+    finally:
         clear_thresholds(model)
+        for s in at:
+            s.record = None
     return rows
 
 
