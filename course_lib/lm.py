@@ -17,10 +17,16 @@ positions, causal multi-head attention and one of four FFNs (``h`` is the hidden
 ``drelu``   ``ReLU(x·W_gate) ⊙ ReLU(x·W_up)``            ``gated_width``
 ``relu``    ``ReLU(x·W_up)``                            ``4·d_model``
 ``relu2``   ``ReLU(x·W_up)²``                           ``4·d_model``
+``reglu``   ``ReLU(x·W_gate) ⊙ (x·W_up)``                ``gated_width``
 ==========  ==========================================  =================
 
 A gated FFN has three matrices, an ungated one two, so the gated width is ``8/3·d_model`` rounded
 up to a multiple of 8 and every variant has (within 1 %) the same number of parameters.
+
+Two training variants go beyond the activation function: ``topk`` keeps only the largest share
+``topk`` of ``|h|`` per token, with a straight-through gradient (Q-Sparse), and ``init_from`` +
+``l1`` fine-tune an existing checkpoint after swapping its activation (ReLUfication, ProSparse
+style) with an L1 penalty on ``h`` whose weight rises along a sine ramp.
 
 Every linear layer reads its input through a :class:`Site`: a magnitude threshold that is off
 by default. Training-free sparsification sets thresholds at sites: TEAL (every linear's input)
@@ -49,14 +55,15 @@ from torch import nn
 
 __all__ = ["LMConfig", "CONFIGS", "CHECKPOINT_DIR", "get_config", "corpus_text", "corpus_sha256",
            "encode", "decode", "splits", "windows", "Site", "nm_mask", "nm_share", "FFN",
-           "Attention", "Block", "DecoderLM", "n_params", "batch_loss", "windows_perplexity",
-           "perplexity", "sites", "recorded", "hidden_activations", "zero_share", "cett",
-           "cett_threshold", "cett_sparsity", "calibrate", "magnitude_threshold", "amdahl_bound",
-           "set_thresholds", "clear_thresholds", "sweep", "cett_thresholds", "ppl_p_sparsity",
-           "train", "save", "load", "main"]
+           "topk_ste", "Attention", "Block", "DecoderLM", "n_params", "batch_loss",
+           "windows_perplexity", "perplexity", "sites", "recorded", "hidden_activations",
+           "zero_share", "cett", "cett_threshold", "cett_sparsity", "calibrate",
+           "magnitude_threshold", "amdahl_bound", "set_thresholds", "clear_thresholds", "sweep",
+           "cett_thresholds", "ppl_p_sparsity", "train", "save", "load", "main"]
 
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "book" / "fast" / "data" / "lm"
-FFN_KINDS = ("swiglu", "drelu", "relu", "relu2")
+FFN_KINDS = ("swiglu", "drelu", "relu", "relu2", "reglu")
+GATED = ("swiglu", "drelu", "reglu")
 SPLIT = (0.85, 0.05, 0.10)  # train, calibration, validation
 
 
@@ -114,11 +121,14 @@ class LMConfig:
     seed: int = 0
     eval_every: int = 100
     eval_windows: int = 16  # validation windows for the log's loss and sparsity curves
+    topk: float = 0.0       # share of h kept per token by a top-k mask (0: no mask)
+    init_from: str = ""     # a checkpoint to start from (its weights must fit this shape)
+    l1: float = 0.0         # final weight of the L1 penalty mean|h| summed over layers
 
     @property
     def d_ff(self) -> int:
         """Hidden width: ``4·d`` ungated, ``⌈8/3·d / 8⌉·8`` gated (same parameter count)."""
-        if self.ffn in ("swiglu", "drelu"):
+        if self.ffn in GATED:
             return 8 * math.ceil(8 * self.d_model / 3 / 8)
         return 4 * self.d_model
 
@@ -130,6 +140,10 @@ class LMConfig:
         for field_ in ("d_model", "n_layers", "n_heads", "context", "batch", "eval_windows"):
             if getattr(self, field_) < 1:
                 raise ValueError(f"{field_} must be >= 1, got {getattr(self, field_)}")
+        if not 0 <= self.topk < 1:
+            raise ValueError(f"topk (share of h kept) must be in [0, 1), got {self.topk}")
+        if self.l1 < 0:
+            raise ValueError(f"l1 must be >= 0, got {self.l1}")
         return self
 
 
@@ -138,7 +152,13 @@ CONFIGS: dict[str, LMConfig] = {
     # for tests: trains in about a second
     "tiny": LMConfig(name="tiny", ffn="relu", d_model=32, n_layers=1, n_heads=2, context=32,
                      batch=4, steps=4, warmup=2, eval_every=2, eval_windows=2),
-    **{k: replace(_BASE, name=k, ffn=k) for k in FFN_KINDS},
+    **{k: replace(_BASE, name=k, ffn=k) for k in ("swiglu", "drelu", "relu", "relu2")},
+    # Q-Sparse-style: SwiGLU whose hidden activation keeps its top 25 % per token
+    "swiglu_topk": replace(_BASE, name="swiglu_topk", topk=0.25),
+    # ProSparse-style ReLUfication of the SwiGLU checkpoint: SiLU -> ReLU on the gate, then a
+    # short fine-tune with an L1 penalty on h that rises along a sine ramp
+    "relufied": replace(_BASE, name="relufied", ffn="reglu", init_from="swiglu", steps=300,
+                        lr=1e-3, warmup=30, l1=0.1, eval_every=50),
 }
 
 
@@ -201,12 +221,13 @@ def nm_share(x: torch.Tensor, n: int = 2, m: int = 4) -> float:
 class FFN(nn.Module):
     """``y = h(x)·W_down`` with the hidden activation ``h`` of the module docstring's table."""
 
-    def __init__(self, d_model: int, d_ff: int, kind: str):
+    def __init__(self, d_model: int, d_ff: int, kind: str, keep: int = 0):
         super().__init__()
         if kind not in FFN_KINDS:
             raise ValueError(f"ffn must be one of {FFN_KINDS}, got {kind!r}")
         self.kind = kind
-        self.gated = kind in ("swiglu", "drelu")
+        self.keep = keep  # > 0: top-k mask on h with k = keep
+        self.gated = kind in GATED
         if self.gated:
             self.gate = nn.Linear(d_model, d_ff, bias=False)
         self.up = nn.Linear(d_model, d_ff, bias=False)
@@ -221,12 +242,28 @@ class FFN(nn.Module):
             return self.gate_site(F.silu(self.gate(x))) * self.up(x)
         if self.kind == "drelu":
             return self.gate_site(F.relu(self.gate(x))) * F.relu(self.up(x))
+        if self.kind == "reglu":
+            return self.gate_site(F.relu(self.gate(x))) * self.up(x)
         if self.kind == "relu":
             return F.relu(self.up(x))
         return F.relu(self.up(x)).square()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(self.hidden_site(self.hidden(x)))
+        h = self.hidden(x)
+        if self.keep:
+            h = topk_ste(h, self.keep)
+        return self.down(self.hidden_site(h))
+
+
+def topk_ste(h: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` largest ``|h|`` of each row (last axis), zero the rest; the backward pass
+    treats the mask as the identity (straight-through estimator), so dropped entries still get
+    gradient and can re-enter the top k (Q-Sparse)."""
+    if not 1 <= k <= h.shape[-1]:
+        raise ValueError(f"k must be in [1, {h.shape[-1]}], got {k}")
+    keep = torch.zeros_like(h, dtype=torch.bool)
+    keep.scatter_(-1, h.detach().abs().topk(k, dim=-1).indices, True)
+    return h + (h * keep - h).detach()
 
 
 class Attention(nn.Module):
@@ -254,7 +291,7 @@ class Block(nn.Module):
         self.norm1 = nn.RMSNorm(cfg.d_model)
         self.attn = Attention(cfg.d_model, cfg.n_heads)
         self.norm2 = nn.RMSNorm(cfg.d_model)
-        self.ffn = FFN(cfg.d_model, cfg.d_ff, cfg.ffn)
+        self.ffn = FFN(cfg.d_model, cfg.d_ff, cfg.ffn, keep=round(cfg.topk * cfg.d_ff))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -559,6 +596,12 @@ def train(cfg: LMConfig, log=print) -> tuple[DecoderLM, dict]:
     data = splits()
     train_ids, eval_w = data["train"], windows(data["valid"], cfg.context, cfg.eval_windows)
     model = DecoderLM(cfg)
+    if cfg.init_from:
+        model.load_state_dict(load(cfg.init_from)[0].state_dict())
+    hidden = []  # the FFN hidden activations of the current step, for the L1 penalty
+    if cfg.l1 > 0:
+        for b in model.blocks:
+            b.ffn.hidden_site.register_forward_hook(lambda mod, inp, out: hidden.append(inp[0]))
     decay = [p for p in model.parameters() if p.ndim == 2]
     rest = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -581,12 +624,17 @@ def train(cfg: LMConfig, log=print) -> tuple[DecoderLM, dict]:
         w = torch.stack([train_ids[s:s + cfg.context + 1] for s in starts])
         for g in opt.param_groups:
             g["lr"] = _lr(cfg, step)
+        hidden.clear()
         loss = batch_loss(model, w)
+        if cfg.l1 > 0:
+            # ProSparse-style: the penalty's weight rises smoothly (a sine ramp) to l1
+            weight = cfg.l1 * math.sin(0.5 * math.pi * (step + 1) / cfg.steps)
+            loss = loss + weight * sum(h.abs().mean() for h in hidden)
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        record["train_loss"].append(round(loss.item(), 5))
+        record["train_loss"].append(round(loss.item(), 5))  # including the L1 term
     record["train_seconds"] = round(time.perf_counter() - t0, 1)
     record["valid_ppl"] = perplexity(model, data["valid"])
     log(f"validation perplexity {record['valid_ppl']:.4f}")
