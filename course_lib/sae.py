@@ -668,7 +668,7 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="sweep TopK/BatchTopK/JumpReLU, dead-latent fixes, features")
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--latents", type=int, default=1024)
-    t.add_argument("--steps", type=int, default=600)
+    t.add_argument("--steps", type=int, default=1800)
     t.add_argument("--batch", type=int, default=256)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--ks", type=int, nargs="+", default=[8, 16, 32, 64])

@@ -365,3 +365,16 @@ def test_checks_accept_solution_and_reject_wrong_implementation(solved_namespace
             assert f"[{exercise_id}]" in str(exc)
             failed += 1
     assert failed, f"no check of {exercise_id} rejects the wrong implementation"
+
+
+def test_committed_config_is_the_scripts_default_run():
+    """The artefacts come from `python -m course_lib.sae train` with its defaults."""
+    import json
+
+    committed = json.loads((ROOT / "book" / "brain" / "data" / "sae" / "train_config.json").read_text())
+    args = S._parser().parse_args(["train"])
+    assert {k: committed[k] for k in ("latents", "steps", "batch", "lr", "ks", "lambdas", "k_aux",
+                                      "dead_k", "resample_every", "n_features")} == \
+        {k: getattr(args, k) for k in ("latents", "steps", "batch", "lr", "ks", "lambdas", "k_aux",
+                                       "dead_k", "resample_every", "n_features")}
+    assert committed["jumprelu_init_threshold"] == 1.0 and committed["dead_after"] == 20_000
