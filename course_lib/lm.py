@@ -159,6 +159,9 @@ CONFIGS: dict[str, LMConfig] = {
     # short fine-tune with an L1 penalty on h that rises along a sine ramp
     "relufied": replace(_BASE, name="relufied", ffn="reglu", init_from="swiglu", steps=300,
                         lr=1e-3, warmup=30, l1=0.1, eval_every=50),
+    # its control: the same fine-tune without the swap and the penalty
+    "swiglu_continued": replace(_BASE, name="swiglu_continued", init_from="swiglu", steps=300,
+                                lr=1e-3, warmup=30, eval_every=50),
 }
 
 

@@ -14,7 +14,8 @@ from hypothesis import given, strategies as st
 
 from course_lib import lm
 
-COMMITTED = ["swiglu", "relu", "relu2", "drelu"]
+COMMITTED = ["swiglu", "relu", "relu2", "drelu", "swiglu_topk"]
+SAME_SIZE = ["swiglu", "relu", "relu2", "drelu"]
 
 
 def small(ffn: str) -> lm.DecoderLM:
@@ -49,6 +50,7 @@ def test_ffn_hidden_matches_formula(ffn):
     expected = {
         "swiglu": lambda: torch.nn.functional.silu(x @ f.gate.weight.T) * up,
         "drelu": lambda: torch.relu(x @ f.gate.weight.T) * torch.relu(up),
+        "reglu": lambda: torch.relu(x @ f.gate.weight.T) * up,
         "relu": lambda: torch.relu(up),
         "relu2": lambda: torch.relu(up) ** 2,
     }[ffn]()
@@ -57,7 +59,7 @@ def test_ffn_hidden_matches_formula(ffn):
 
 
 def test_variants_have_the_same_size():
-    sizes = {k: lm.n_params(lm.DecoderLM(lm.CONFIGS[k])) for k in COMMITTED}
+    sizes = {k: lm.n_params(lm.DecoderLM(lm.CONFIGS[k])) for k in SAME_SIZE}
     assert max(sizes.values()) / min(sizes.values()) < 1.01
 
 
@@ -186,6 +188,16 @@ def test_committed_checkpoint_reproduces_its_perplexity(name):
     assert record["corpus_sha256"] == lm.corpus_sha256(), "another Python ships another corpus"
     assert record["command"] == f"python -m course_lib.lm train --config {name}"
     assert math.isclose(lm.perplexity(model), record["valid_ppl"], rel_tol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["relufied", "swiglu_continued"])
+def test_fine_tune_logs_are_committed_without_their_checkpoints(name):
+    record = json.loads((lm.CHECKPOINT_DIR / f"{name}.json").read_text())
+    assert record["command"] == f"python -m course_lib.lm train --config {name}"
+    assert record["config"] == asdict(lm.CONFIGS[name])
+    assert record["config"]["init_from"] == "swiglu" and record["corpus_sha256"] == lm.corpus_sha256()
+    steps = [s["step"] for s in record["snapshots"]]
+    assert steps[0] == 0 and steps[-1] == record["config"]["steps"]
 
 
 def test_committed_checkpoints_fit_the_budget():
@@ -338,3 +350,49 @@ def test_cett_sparsity_skips_tokens_with_zero_output():
     h[:4] = 0  # tokens whose FFN output is exactly zero: CETT 0/0
     assert torch.isnan(lm.cett(h, W, 1.0)[:4]).all()
     assert lm.cett_sparsity(h, W, 0.2) >= lm.zero_share(h)
+
+
+# --------------------------------------------------------------------------- top-k (STE), ReLUfication
+
+@given(st.integers(1, 8), st.integers(0, 2 ** 31 - 1))
+def test_topk_ste_forward_keeps_k_largest_and_backward_is_identity(k, seed):
+    h = torch.randn(3, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64,
+                    requires_grad=True)
+    y = lm.topk_ste(h, k)
+    assert torch.all((y != 0).sum(-1) == k)
+    kept = y.detach().abs()
+    assert torch.all(torch.where(kept > 0, kept, torch.inf).amin(-1)
+                     >= torch.where(kept > 0, 0.0, h.detach().abs()).amax(-1))
+    g = torch.randn(3, 8, dtype=torch.float64)
+    (grad,) = torch.autograd.grad(y, h, g)
+    torch.testing.assert_close(grad, g)  # straight through: the mask is skipped backward
+
+
+def test_topk_and_l1_configs_are_validated():
+    with pytest.raises(ValueError, match="topk"):
+        lm.DecoderLM(lm.LMConfig(name="x", topk=1.0))
+    with pytest.raises(ValueError, match="l1"):
+        lm.DecoderLM(lm.LMConfig(name="x", l1=-1.0))
+    with pytest.raises(ValueError, match="k must be"):
+        lm.topk_ste(torch.ones(2, 4), 0)
+
+
+def test_topk_model_has_the_kept_share_of_zeros():
+    torch.manual_seed(0)
+    model = lm.DecoderLM(lm.LMConfig(name="t", d_model=16, n_layers=1, n_heads=2, context=8,
+                                     topk=0.25))
+    hs = lm.hidden_activations(model, lm.windows(lm.splits()["valid"], 8, 4))
+    assert lm.zero_share(hs[0]) == pytest.approx(1 - model.blocks[0].ffn.keep / model.cfg.d_ff)
+
+
+def test_relufication_starts_from_the_swiglu_weights():
+    from dataclasses import replace
+    cfg = replace(lm.CONFIGS["relufied"], steps=1, warmup=1, eval_every=1, eval_windows=1)
+    torch.set_num_threads(1)
+    model, record = lm.train(cfg, log=lambda s: None)
+    source, _ = lm.load("swiglu")
+    # one optimiser step away from the source weights, with ReLU instead of SiLU on the gate
+    assert model.cfg.ffn == "reglu"
+    drift = (model.blocks[0].ffn.up.weight - source.blocks[0].ffn.up.weight).abs().max().item()
+    assert 0 < drift < 1e-2
+    assert len(record["train_loss"]) == 1
