@@ -51,8 +51,8 @@ from course_lib import grade_rules, grading
 from course_lib.exercises import load_bundle
 from course_lib.grade_run import run_notebook
 
-#: 3 × the slowest course solution notebook under the grader (coding, ≈ 20 s with 2 cores 4× oversubscribed)
-NOTEBOOK_TIMEOUT_S = 60
+#: 3 × the slowest course solution notebook under the grader (training: 10 s on 2 idle cores)
+NOTEBOOK_TIMEOUT_S = 30
 CELL_TIMEOUT_S = 120
 
 
