@@ -55,7 +55,7 @@ from torch import nn
 
 __all__ = ["LMConfig", "CONFIGS", "CHECKPOINT_DIR", "get_config", "corpus_text", "corpus_sha256",
            "encode", "decode", "splits", "windows", "Site", "nm_mask", "nm_share", "FFN",
-           "topk_ste", "Attention", "Block", "DecoderLM", "n_params", "batch_loss",
+           "topk_ste", "Attention", "Block", "DecoderLM", "generate", "n_params", "batch_loss",
            "windows_perplexity", "perplexity", "sites", "recorded", "hidden_activations",
            "zero_share", "cett", "cett_threshold", "cett_sparsity", "calibrate",
            "magnitude_threshold", "amdahl_bound", "set_thresholds", "clear_thresholds", "sweep",
@@ -331,6 +331,22 @@ class DecoderLM(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.norm(x))
+
+
+@torch.no_grad()
+def generate(model: DecoderLM, prompt: str, n: int) -> str:
+    """Greedy continuation of ``prompt`` by ``n`` bytes (the last ``context`` bytes are the
+    input of each step; no KV cache: this is for reading samples, not for timing)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    ids = encode(prompt)
+    if len(ids) == 0:
+        raise ValueError("the prompt must not be empty")
+    model.eval()
+    for _ in range(n):
+        logits = model(ids[-model.cfg.context:].unsqueeze(0))
+        ids = torch.cat([ids, logits[0, -1].argmax().reshape(1)])
+    return decode(ids[len(encode(prompt)):])
 
 
 def n_params(model: nn.Module) -> int:

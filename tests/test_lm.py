@@ -396,3 +396,18 @@ def test_relufication_starts_from_the_swiglu_weights():
     drift = (model.blocks[0].ffn.up.weight - source.blocks[0].ffn.up.weight).abs().max().item()
     assert 0 < drift < 1e-2
     assert len(record["train_loss"]) == 1
+
+
+def test_generate_is_greedy_and_validates_input():
+    torch.manual_seed(0)
+    model = small("relu")
+    out = lm.generate(model, "for x in", 12)
+    assert out == lm.generate(model, "for x in", 12)
+    assert len(out) <= 12  # 12 bytes decode to at most 12 characters (invalid ones to U+FFFD)
+    with torch.no_grad():  # the first byte is the arg-max of the prompt's last logits
+        first = model(lm.encode("for x in").unsqueeze(0))[0, -1].argmax().reshape(1)
+    assert lm.generate(model, "for x in", 1) == lm.decode(first)
+    with pytest.raises(ValueError, match="empty"):
+        lm.generate(model, "", 3)
+    with pytest.raises(ValueError, match="n must"):
+        lm.generate(model, "x", -1)
