@@ -1,5 +1,7 @@
 """A small decoder-only language model family the course trains itself, and what its FFNs do.
 
+Chapter: ``book/fast/llm_sparsity``.
+
 Corpus: ``pydoc_data.topics.topics``, the Python language reference that ships with CPython's
 standard library (PSF licence; ~465 k characters on Python 3.11), joined in sorted key order and
 read as UTF-8 **bytes** (vocabulary 256: no tokenizer to train, nothing to download). The bytes
