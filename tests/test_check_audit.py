@@ -58,6 +58,36 @@ WRONG = {
     "moe.6/0": ("key=lambda t: (-float(scores[t, e]), t)", "key=lambda t: (-float(scores[t, e]), -t)"),
     "moe.3/0": ("    for s in range(idx.shape[1]):\n        for t in range(idx.shape[0]):",
                 "    for t in range(idx.shape[0]):\n        for s in range(idx.shape[1]):"),
+    "llm_sparsity.1/0": """
+        def cats_threshold(a, sparsity):                 # signed values instead of magnitudes
+            if not 0 <= sparsity < 1:
+                raise ValueError("sparsity")
+            s = a.flatten().sort().values
+            return s[int(sparsity * (len(s) - 1))].item()
+    """,
+    "llm_sparsity.2/0": """
+        def enforce_2_4(h):                              # keeps the first two of each group
+            if h.shape[-1] % 4:
+                raise ValueError("multiple of 4")
+            keep = (torch.arange(h.shape[-1]) % 4) < 2
+            return h * keep
+
+        def share_2_4(h):                                # counts zeros instead of nonzeros
+            if h.shape[-1] % 4:
+                raise ValueError("multiple of 4")
+            return ((h == 0).reshape(*h.shape[:-1], -1, 4).sum(-1) <= 2).float().mean().item()
+    """,
+    "llm_sparsity.3/0": """
+        def cett(h, w_down, eps):                        # sums the norms of the dropped terms
+            norms = h.abs() * w_down.norm(dim=0)
+            return (norms * (norms < eps)).sum(1) / (h @ w_down.T).norm(dim=1)
+    """,
+    "llm_sparsity.4/0": """
+        def amdahl_bound(f, d):                          # kernel bound 1/d, ignores the rest
+            if not 0 <= f <= 1 or not 0 < d <= 1:
+                raise ValueError("range")
+            return 1.0 / d
+    """,
     "sae.1/0": ("idx = pre.reshape(-1).topk(k * B).indices", "idx = pre.reshape(-1).topk(k).indices"),
     "sae.2/0": ("(-theta / bandwidth)", "(-1.0 / bandwidth)"),
     "sae.3/0": ("((x - x.mean(dim=0)) ** 2).sum()", "(x ** 2).sum()"),
