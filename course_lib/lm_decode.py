@@ -17,7 +17,7 @@ to its sparsity. :class:`KVDecoder` runs the step with the FFN
   model's);
 * ``"none"``:   no FFN, to measure the FFN's share of the step time.
 
-The benchmark (``python -m course_lib.lm_decode [--quick] [--out FILE]``) times the course's
+The benchmark (``python -m course_lib.bench decode [--quick|--tiny] [--out DIR]``) times the course's
 ReLU model and a wide ReLU model of the same architecture at LLM widths (random weights) whose
 active sets are drawn at the per-layer density measured on the course's model, and compares
 each sparse speed-up with the Amdahl bound ``1 / ((1 − f) + f·b)``, ``f`` the FFN's measured
@@ -26,12 +26,11 @@ share of the dense step and ``b`` the share of the FFN's bytes the sparse mode r
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import random
+import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -155,42 +154,47 @@ def _rows(label: str, model: lm.DecoderLM, densities: list[float], steps: int,
     return rows
 
 
-def bench_decode(quick: bool = False) -> list[dict]:
+#: the wide model and the number of decode steps per size of the suite
+SIZES = {"full": dict(d_model=2048, n_layers=4, steps=64),
+         "quick": dict(d_model=1024, n_layers=2, steps=24),
+         "tiny": dict(d_model=256, n_layers=1, steps=4)}
+
+
+def bench_decode(size: str = "full") -> list[dict]:
     """The course's ReLU model (exact sparse FFN) and a wide ReLU model at LLM widths (active
     sets drawn at the course model's measured per-layer density), both against dense."""
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     small, record = lm.load("relu")
     densities = [1 - z for z in record["snapshots"][-1]["zero_share"]]
-    steps = 24 if quick else 64
+    d_model, n_layers, steps = (SIZES[size][k] for k in ("d_model", "n_layers", "steps"))
     rows = _rows("course relu", small, densities, steps, ("exact",))
     torch.manual_seed(0)
-    wide_cfg = lm.LMConfig(name="wide", ffn="relu", d_model=2048 if not quick else 1024,
-                           n_layers=4 if not quick else 2, n_heads=16, context=128)
+    wide_cfg = lm.LMConfig(name="wide", ffn="relu", d_model=d_model, n_layers=n_layers,
+                           n_heads=16, context=128)
     wide = lm.DecoderLM(wide_cfg)
     layers = [densities[i % len(densities)] for i in range(wide_cfg.n_layers)]
-    rows += _rows("wide relu, masks at measured density", wide, layers, steps // 2,
+    rows += _rows("wide relu, masks at measured density", wide, layers, max(2, steps // 2),
                   ("exact", "masked"))
     return rows
 
 
 def main(argv=None) -> int:
-    from .bench import machine_info, write_csv
-    p = argparse.ArgumentParser(prog="python -m course_lib.lm_decode",
-                                description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="smaller wide model, fewer tokens")
-    p.add_argument("--out", type=Path, default=Path("bench_out/decode_cpu.csv"))
-    args = p.parse_args(argv)
-    load_before = os.getloadavg()[0]
-    rows = bench_decode(args.quick)
+    """``python -m course_lib.bench decode [--quick|--tiny] [--out DIR]``: CPU only."""
+    from . import bench
+    args = bench.parse_suite_args("decode", __doc__.split("\n")[0], argv)
+    if args.device != "cpu" or args.interpret:
+        print("the decode suite runs on the CPU only (its KV-cache decoder is CPU code)",
+              file=sys.stderr)
+        return 2
+    load_at_start = os.getloadavg()[0]
+    bandwidth = bench.memory_bandwidth()
+    rows = bench_decode(args.size)
     for r in rows:
         print(f"{r['model']:38} {r['mode']:7} {r['step_ms']:9.3f} ms  {r['tokens_per_s']:9.1f} tok/s"
               f"  speed-up {r['speedup']:.3f}  bound {r['amdahl_bound']:.3f}  "
               f"({r['share_of_bound']:.0%} of it)")
-    meta = {**machine_info("cpu"), "command": "python -m course_lib.lm_decode"
-            + (" --quick" if args.quick else ""), "torch_threads": torch.get_num_threads(),
-            "load_average_1min": f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after"}
-    print(write_csv(rows, args.out, meta))
+    path = bench.write_csv(rows, args.out / bench.csv_name(args),
+                           bench.run_metadata(args, bandwidth, load_at_start))
+    print(f"wrote {path}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

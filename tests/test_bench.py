@@ -153,7 +153,7 @@ def test_cli_registry_runs_a_suite_and_rejects_unknown_ones(tmp_path, capsys):
     from course_lib.bench.__main__ import SUITES, main
     assert main(["nope"]) == 2
     assert "usage" in capsys.readouterr().err
-    assert set(SUITES) == {"spmm", "ffn", "bandwidth"}
+    assert set(SUITES) == {"spmm", "ffn", "bandwidth", "decode"}
     assert main(["bandwidth", "--tiny", "--out", str(tmp_path)]) == 0
     rows, meta = bench.read_csv(tmp_path / "bandwidth_cpu_tiny.csv")
     assert [r["probe"] for r in rows] == ["read_sum", "read_mv", "copy"]

@@ -85,3 +85,28 @@ def test_benchmark_rows_are_consistent():
     for r in rows:  # the bound follows from the measured FFN share and the bytes read
         f, b = r["ffn_share"], r["ffn_bytes_read"]
         assert r["amdahl_bound"] == pytest.approx(1 / ((1 - f) + f * b), rel=1e-3)
+
+
+def test_decode_suite_writes_the_shared_schema(tmp_path):
+    """`python -m course_lib.bench decode --tiny`: the shared file name and metadata, one row per
+    model and mode, speed-ups and bounds that follow from the measured times."""
+    from course_lib import bench
+    from course_lib.bench.__main__ import main
+    assert main(["decode", "--tiny", "--out", str(tmp_path)]) == 0
+    rows, meta = bench.read_csv(tmp_path / "decode_cpu_tiny.csv")
+    assert (meta["suite"], meta["size"], meta["device"]) == ("decode", "tiny", "cpu")
+    assert meta["command"] == "python -m course_lib.bench decode --tiny --out " + str(tmp_path)
+    assert float(meta["bandwidth_GBs"]) > 0
+    assert [(r["model"].split(",")[0], r["mode"]) for r in rows] == [
+        ("course relu", "dense"), ("course relu", "exact"),
+        ("wide relu", "dense"), ("wide relu", "exact"), ("wide relu", "masked")]
+    for r in rows:
+        assert r["share_of_bound"] == pytest.approx(r["speedup"] / r["amdahl_bound"], rel=1e-3)
+        f, b = r["ffn_share"], r["ffn_bytes_read"]
+        assert r["amdahl_bound"] == pytest.approx(1 / ((1 - f) + f * b), rel=1e-3)
+
+
+def test_decode_suite_rejects_an_unknown_size():
+    from course_lib import lm_decode
+    with pytest.raises(ValueError, match="size must be one of"):
+        lm_decode.bench_decode("huge")

@@ -5,7 +5,7 @@ import the harness (``course_lib.bench``), and nothing imports this module, so t
 has no cycle. A suite is a module with ``main(argv) -> int`` that parses its arguments with
 ``bench.parse_suite_args`` and writes ``bench.csv_name(args)`` with ``bench.run_metadata(...)``.
 
-Chapters: book/fast/spmm_cpu, book/fast/spmm_gpu, book/fast/sparse_ffn.
+Chapters: book/fast/spmm_cpu, book/fast/spmm_gpu, book/fast/sparse_ffn, book/fast/llm_sparsity.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ SUITES = {
     "spmm": ("course_lib.bench_spmm", {"OMP_WAIT_POLICY": "PASSIVE"}),
     "ffn": ("course_lib.bench_ffn", {}),
     "bandwidth": ("course_lib.bench_bandwidth", {}),
+    "decode": ("course_lib.lm_decode", {}),
 }
 
 
