@@ -1,5 +1,7 @@
 """Sparse autoencoders (SAEs) on a real model's activations: TopK, BatchTopK and JumpReLU.
 
+Chapter: book/brain/sae.
+
 An SAE re-expresses a dense activation x ∈ R^d as a sparse code z ∈ R^n (n > d latents):
 
     z = σ(W_enc (x − b_pre) + b_enc),    x̂ = W_dec z + b_pre,
