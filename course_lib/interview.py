@@ -16,6 +16,7 @@ import contextlib
 import csv
 import html
 import io
+import json
 import posixpath
 import random
 import re
@@ -322,6 +323,85 @@ class MockSession:
     def weak_topics(self, threshold: float = 0.6) -> list[str]:
         """Topics whose mastery is below ``threshold``, weakest first."""
         return [t for t, _, m in self.summary() if m < threshold]
+
+
+_MOCK_JS = """
+(function () {
+  const root = document.getElementById("course-mock-interview");
+  const cards = JSON.parse(root.querySelector("script[type='application/json']").textContent);
+  const topics = JSON.parse(root.dataset.topics), threshold = 0.6, scores = {};
+  const $ = (role) => root.querySelector(`[data-role='${role}']`);
+  let current = null, state = 1;
+  function random() {  // a small LCG: the same first question on every visit, as MockSession(seed)
+    state = (1103515245 * state + 12345) % 2147483648;
+    return state / 2147483648;
+  }
+  function pool() {
+    const t = $("topic").value, l = $("level").value;
+    return cards.filter((c) => (!t || c.topic === t) && (!l || c.level === l));
+  }
+  function next() {  // unscored questions first, as MockSession.draw
+    const p = pool(), fresh = p.filter((c) => !(c.id in scores)), from = fresh.length ? fresh : p;
+    current = from.length ? from[Math.floor(random() * from.length)] : null;
+    $("prompt").innerHTML = current ? current.prompt : "<p>No question matches these filters.</p>";
+    $("answer").innerHTML = "";
+  }
+  function summary() {  // mastery = mean score / 2 per topic, weakest first, as MockSession.summary
+    const by = {};
+    for (const c of cards) if (c.id in scores) (by[c.topic] = by[c.topic] || []).push(scores[c.id]);
+    const rows = Object.entries(by).map(([t, s]) => [t, s.length, s.reduce((a, b) => a + b, 0) / (2 * s.length)]);
+    rows.sort((a, b) => a[2] - b[2] || a[0].localeCompare(b[0]));
+    $("summary").innerHTML = rows.length ? "<table><thead><tr><th>topic</th><th>answered</th>" +
+      "<th>mastery</th><th></th></tr></thead><tbody>" + rows.map(([t, n, m]) =>
+        `<tr><td>${topics[t]}</td><td>${n}</td><td>${Math.round(100 * m)}%</td>` +
+        `<td>${m < threshold ? "review" : ""}</td></tr>`).join("") + "</tbody></table>"
+      : "<p>No answers scored yet.</p>";
+  }
+  $("next").addEventListener("click", next);
+  $("show").addEventListener("click", () => {
+    if (!current) return;
+    $("answer").innerHTML = current.answer;
+    if (window.MathJax && MathJax.typesetPromise) MathJax.typesetPromise([$("answer")]);
+  });
+  for (const button of root.querySelectorAll("[data-score]")) {
+    button.addEventListener("click", () => {
+      if (!current) return;
+      scores[current.id] = Number(button.dataset.score);
+      summary();
+      next();
+    });
+  }
+  summary();
+  next();
+})();
+"""
+
+
+def mock_interview_html(questions, evidence: dict[str, str] | None = None) -> str:
+    """The mock interview as one HTML block that runs in the browser, with no kernel.
+
+    Every card's prompt and answer (with its evidence output, run when this is built) is
+    rendered here; a few lines of JavaScript draw, score and summarise by the rules of
+    :class:`MockSession`: unscored questions first, the last score counts, mastery = mean
+    score / 2 per topic, below 60 % marked for review.
+    """
+    cards = [{"id": q.id, "topic": q.topic, "level": q.level, "prompt": render_prompt_html(q),
+              "answer": render_answer_html(q, (evidence or {}).get(q.id))} for q in questions]
+    if not cards:
+        raise ValueError("a mock interview needs at least one question")
+    options = lambda pairs: "".join(  # noqa: E731
+        f"<option value=\"{html.escape(v)}\">{html.escape(label)}</option>" for v, label in pairs)
+    data = json.dumps(cards).replace("</", "<\\/")  # no "</script>" inside the JSON
+    return (f"<div id=\"course-mock-interview\" data-topics=\"{html.escape(json.dumps(TOPICS))}\">"
+            f"<p><select data-role=\"topic\">{options([('', 'All topics'), *TOPICS.items()])}</select> "
+            f"<select data-role=\"level\">{options([('', 'Any level')] + [(v, v) for v in LEVELS])}"
+            "</select> <button data-role=\"next\">Next question</button></p>"
+            "<div data-role=\"prompt\"></div><p><button data-role=\"show\">Show answer</button></p>"
+            "<div data-role=\"answer\"></div><p>"
+            + " ".join(f"<button data-score=\"{s}\">{label} ({s})</button>"
+                       for label, s in (("Missed", 0), ("Partial", 1), ("Nailed", 2)))
+            + "</p><div data-role=\"summary\"></div>"
+            f"<script type=\"application/json\">{data}</script><script>{_MOCK_JS}</script></div>")
 
 
 def main(argv=None) -> int:

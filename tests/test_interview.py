@@ -229,3 +229,23 @@ def test_mock_interview_widgets_respond_to_clicks(capsys):
     ns["next_button"].click()
     q = ns["current"]["question"]
     assert q.topic == "moe" and q.level == "staff"
+
+
+def test_mock_interview_for_the_website_carries_every_card_and_its_controls():
+    """The browser version (no kernel): every question's prompt and answer with its evidence
+    output in the page's JSON, the controls the script looks up, no '</' that would end the
+    script early. Its clicks were checked in headless Chromium when it was written."""
+    evidence = {q.id: f"measured {i}" for i, q in enumerate(BANK) if q.evidence}
+    page = iv.mock_interview_html(BANK, evidence)
+    data = page.split('<script type="application/json">', 1)[1].split("</script>", 1)[0]
+    cards = json.loads(data)
+    assert [c["id"] for c in cards] == [q.id for q in BANK]
+    by_id = {c["id"]: c for c in cards}
+    for q in BANK:
+        assert by_id[q.id]["topic"] == q.topic and by_id[q.id]["level"] == q.level
+        assert by_id[q.id]["answer"] == iv.render_answer_html(q, evidence.get(q.id))
+    for role in ("topic", "level", "next", "prompt", "show", "answer", "summary"):
+        assert f'data-role="{role}"' in page and f"$(\"{role}\")" in page
+    assert page.count('data-score="') == 3 and "</" not in data
+    with pytest.raises(ValueError, match="at least one question"):
+        iv.mock_interview_html([])
