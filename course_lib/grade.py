@@ -168,7 +168,7 @@ def prepare(stem: str, entry: dict, seed: int) -> tuple[dict, dict[str, str]]:
     ns = {"__name__": f"course_judge_{stem}"}
     errors = {}
     try:
-        with redirect_stdout(open(os.devnull, "w")), redirect_stderr(open(os.devnull, "w")):
+        with open(os.devnull, "w") as sink, redirect_stdout(sink), redirect_stderr(sink):
             for cell in entry["cells"]:
                 if cell["role"] == "check":
                     grading.begin_check(cell["key"])
@@ -190,12 +190,13 @@ def graded_notebook(entry: dict, solutions: dict[str, list[str]], channel: Path)
 
     cells = [code(f"from course_lib import grading as _course_grading\n"
                   f"_course_grading.record_to({str(channel)!r})", role="grader")]
+    placed = set()
     for cell in entry["cells"]:
         role = cell["role"]
         if role == "solution":
             ex = cell["exercise"]
-            if cell is next(c for c in entry["cells"] if c.get("exercise") == ex
-                            and c["role"] == "solution"):
+            if ex not in placed:  # the learner's cells go where the exercise's first one was
+                placed.add(ex)
                 for src in solutions.get(ex) or [cell["stub"]]:
                     cells.append(code(src, role="solution", exercise=ex))
         elif role == "check":

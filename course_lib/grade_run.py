@@ -121,7 +121,7 @@ class Collector:
         errors = [o for o in (getattr(item, "test_outputs", None) or []) if "ename" in o]
         if call.excinfo is not None and call.excinfo.errisinstance(KernelDied):
             report.course_error = str(call.excinfo.value)
-        elif errors and errors[-1]["ename"] == "KeyboardInterrupt" or (
+        elif (errors and errors[-1]["ename"] == "KeyboardInterrupt") or (
                 call.excinfo is not None and "Timeout" in str(call.excinfo.value)):
             report.course_error = _timeout_message()
         elif errors:

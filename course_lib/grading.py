@@ -244,8 +244,9 @@ def encode(x, depth: int = 0):
     if isinstance(x, np.ndarray) and x.dtype.kind in "biufc":
         return {"t": "nd", "npy": _npy(x)}
     if _is_tensor(x):
+        import torch
         t = x.detach().cpu()
-        if t.layout.__repr__() != "torch.strided":
+        if t.layout is not torch.strided:  # sparse results travel as their dense values
             t = t.to_dense()
         return {"t": "tensor", "dtype": str(t.dtype).replace("torch.", ""), "npy": _npy(_to_numpy(t))}
     if isinstance(x, (tuple, list)):
