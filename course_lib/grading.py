@@ -390,28 +390,20 @@ def check_function(exercise_id: str, fn: Callable, reference: Callable, cases: I
     if isinstance(_STATE, _Recorder):
         _record(fn)
         return
+    key = _next_key() if isinstance(_STATE, _Judge) else None
     all_cases = [_as_case(c) for c in cases]
     hidden = [False] * len(all_cases)
     if random_cases is not None:
-        rng = np.random.default_rng(seed)
-        all_cases += [_as_case(random_cases(rng)) for _ in range(n_random)]
-        hidden += [False] * n_random
-    if isinstance(_STATE, _Judge):
-        key = _next_key()
-        if random_cases is not None:
-            rng = _hidden_rng(_STATE.hidden_seed, key)
-            n_hidden = max(MIN_HIDDEN, n_random // 2)
-            all_cases += [_as_case(random_cases(rng)) for _ in range(n_hidden)]
-            hidden += [True] * n_hidden
-        _STATE.specs[key] = CheckSpec(exercise_id, all_cases, hidden,
-                                      [_run(reference, args) for args in all_cases], compare, hint)
-        return
-    got = [_run(fn, args) for args in all_cases]
+        draws = [(np.random.default_rng(seed), n_random, False)]
+        if key is not None:  # the judge also draws cases nobody has seen
+            draws.append((_hidden_rng(_STATE.hidden_seed, key), max(MIN_HIDDEN, n_random // 2),
+                          True))
+        for rng, n, is_hidden in draws:
+            all_cases += [_as_case(random_cases(rng)) for _ in range(n)]
+            hidden += [is_hidden] * n
     spec = CheckSpec(exercise_id, all_cases, hidden, [_run(reference, a) for a in all_cases],
                      compare, hint)
-    why = verdict(spec, got)
-    if why:
-        _fail(exercise_id, why, hint)
+    _conclude(spec, key, lambda args: _run(fn, args))
 
 
 def check_value(exercise_id: str, name: str, rtol: float = 1e-6, atol: float = 1e-9,
@@ -423,23 +415,35 @@ def check_value(exercise_id: str, name: str, rtol: float = 1e-6, atol: float = 1
     (from the package's check bundle) in a scratch namespace.
     """
     caller = sys._getframe(1).f_globals
+    value = lambda: caller[name]  # noqa: E731
     if isinstance(_STATE, _Recorder):
-        _record(lambda: caller[name])
+        _record(value)
         return
-    if isinstance(_STATE, _Judge):
-        key = _next_key()
-        _STATE.specs[key] = CheckSpec(exercise_id, [()], [False], [_run(lambda: caller[name], ())],
-                                      _tolerance(rtol, atol), hint)
+    key = _next_key() if isinstance(_STATE, _Judge) else None
+    if key is not None:  # the judge ran the course's solution: its value is the expected one
+        expected = _run(value, ())
+    else:
+        from course_lib.exercises import solution_value
+        expected = solution_value(exercise_id, name)
+    spec = CheckSpec(exercise_id, [()], [False], [expected], _tolerance(rtol, atol), hint)
+
+    def got(args):
+        out = _run(value, args)
+        missing = isinstance(out, Raised) and "KeyError" in out.types
+        return Raised(("NameError",), f"name {name!r} is not defined") if missing else out
+
+    _conclude(spec, key, got)
+
+
+def _conclude(spec: CheckSpec, key: str | None, learner: Callable[[tuple], Any]) -> None:
+    """Judge mode keeps ``spec`` for the comparison after the learner's kernel ran; an
+    interactive run calls the learner's code on the cases now and raises on a mismatch."""
+    if key is not None:
+        _STATE.specs[key] = spec
         return
-    from course_lib.exercises import solution_value
-    spec = CheckSpec(exercise_id, [()], [False], [solution_value(exercise_id, name)],
-                     _tolerance(rtol, atol), hint)
-    got = [_run(lambda: caller[name], ())]
-    if isinstance(got[0], Raised) and "KeyError" in got[0].types:
-        got = [Raised(("NameError",), f"name {name!r} is not defined")]
-    why = verdict(spec, got)
+    why = verdict(spec, [learner(args) for args in spec.cases])
     if why:
-        _fail(exercise_id, why, hint)
+        _fail(spec.exercise, why, spec.hint)
 
 
 def _tolerance(rtol: float, atol: float) -> Callable:
