@@ -28,7 +28,8 @@ up to a multiple of 8 and every variant has (within 1 %) the same number of para
 Two training variants go beyond the activation function: ``topk`` keeps only the largest share
 ``topk`` of ``|h|`` per token, with a straight-through gradient (Q-Sparse), and ``init_from`` +
 ``l1`` fine-tune an existing checkpoint after swapping its activation (ReLUfication, ProSparse
-style) with an L1 penalty on ``h`` whose weight rises along a sine ramp.
+style) with an L1 penalty on ``h`` whose weight rises along sine ramps in ``l1_stages`` stages; a
+ReLUfied log also records the threshold shift (FATReLU) that follows.
 
 Every linear layer reads its input through a :class:`Site`: a magnitude threshold that is off
 by default. Training-free sparsification sets thresholds at sites: TEAL (every linear's input)
@@ -61,12 +62,13 @@ __all__ = ["LMConfig", "CONFIGS", "CHECKPOINT_DIR", "get_config", "corpus_text",
            "windows_perplexity", "perplexity", "sites", "recorded", "hidden_activations",
            "zero_share", "cett", "cett_threshold", "cett_sparsity", "calibrate",
            "magnitude_threshold", "amdahl_bound", "set_thresholds", "clear_thresholds", "sweep",
-           "cett_thresholds", "ppl_p_sparsity", "train", "save", "load", "main"]
+           "cett_thresholds", "ppl_p_sparsity", "l1_weight", "train", "save", "load", "main"]
 
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "book" / "fast" / "data" / "lm"
 FFN_KINDS = ("swiglu", "drelu", "relu", "relu2", "reglu")
 GATED = ("swiglu", "drelu", "reglu")
 SPLIT = (0.85, 0.05, 0.10)  # train, calibration, validation
+SHIFT_LEVELS = (0.0, 0.8, 0.85, 0.9, 0.95)  # gate zero shares a ReLUfied log records
 
 
 # --------------------------------------------------------------------------- data
@@ -126,6 +128,7 @@ class LMConfig:
     topk: float = 0.0       # share of h kept per token by a top-k mask (0: no mask)
     init_from: str = ""     # a checkpoint to start from (its weights must fit this shape)
     l1: float = 0.0         # final weight of the L1 penalty mean|h| summed over layers
+    l1_stages: int = 1      # the penalty's weight rises in this many equal stages (ProSparse)
 
     @property
     def d_ff(self) -> int:
@@ -146,6 +149,8 @@ class LMConfig:
             raise ValueError(f"topk (share of h kept) must be in [0, 1), got {self.topk}")
         if self.l1 < 0:
             raise ValueError(f"l1 must be >= 0, got {self.l1}")
+        if self.l1_stages < 1:
+            raise ValueError(f"l1_stages must be >= 1, got {self.l1_stages}")
         return self
 
 
@@ -161,7 +166,13 @@ CONFIGS: dict[str, LMConfig] = {
     # short fine-tune with an L1 penalty on h that rises along a sine ramp
     "relufied": replace(_BASE, name="relufied", ffn="reglu", init_from="swiglu", steps=300,
                         lr=1e-3, warmup=30, l1=0.1, eval_every=50),
-    # its control: the same fine-tune without the swap and the penalty
+    # ProSparse's progressive schedule: the L1 weight rises in three stages (see l1_weight);
+    # three final weights trace how much perplexity each level of sparsity costs
+    **{f"prosparse_l{tag}": replace(_BASE, name=f"prosparse_l{tag}", ffn="reglu",
+                                   init_from="swiglu", steps=300, lr=1e-3, warmup=30, l1=l1,
+                                   l1_stages=3, eval_every=50)
+       for tag, l1 in (("03", 0.3), ("1", 1.0), ("3", 3.0))},
+    # the control of every ReLUfication: the same fine-tune without the swap and the penalty
     "swiglu_continued": replace(_BASE, name="swiglu_continued", init_from="swiglu", steps=300,
                                 lr=1e-3, warmup=30, eval_every=50),
 }
@@ -181,7 +192,9 @@ class Site(nn.Module):
     * ``threshold`` ``t`` (a float, or a tensor broadcast over the last axis for per-feature
       thresholds): ``x ↦ x·[|x| > t]``;
     * ``nm = (n, m)``: keep the ``n`` largest ``|x|`` in every group of ``m`` consecutive entries
-      of the last axis (2:4 is the pattern of sparse tensor cores).
+      of the last axis (2:4 is the pattern of sparse tensor cores);
+    * ``transform``: any function of ``x`` applied last (the sparsifiers of
+      :mod:`course_lib.lm_sparsify` that are not a threshold: rotations, top-k, low rank).
 
     ``record`` (a list, or None) collects detached copies of what arrives, before any masking,
     for calibration and for measuring activations without changing the model.
@@ -191,6 +204,7 @@ class Site(nn.Module):
         super().__init__()
         self.threshold: float | torch.Tensor | None = None
         self.nm: tuple[int, int] | None = None
+        self.transform = None
         self.record: list[torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,6 +214,8 @@ class Site(nn.Module):
             x = x.masked_fill(x.abs() <= self.threshold, 0.0)
         if self.nm is not None:
             x = x * nm_mask(x, *self.nm)
+        if self.transform is not None:
+            x = self.transform(x)
         return x
 
 
@@ -513,7 +529,7 @@ def clear_thresholds(model: DecoderLM) -> None:
     """Switch every site's sparsifier off."""
     for m in model.modules():
         if isinstance(m, Site):
-            m.threshold, m.nm = None, None
+            m.threshold, m.nm, m.transform = None, None, None
 
 
 def sweep(model: DecoderLM, kind: str, levels: list[float], calib_w: torch.Tensor,
@@ -586,6 +602,15 @@ def ppl_p_sparsity(model: DecoderLM, p: float, calib_w: torch.Tensor, eval_w: to
 
 # --------------------------------------------------------------------------- training
 
+def l1_weight(cfg: LMConfig, step: int) -> float:
+    """Weight of the L1 penalty at ``step`` (ProSparse's progressive regularization): in each of
+    ``S = l1_stages`` equal stages it rises along a quarter sine period by ``l1/S``, so stage
+    ``s`` ends at ``l1·s/S``: ``l1·(s + sin(π/2·(u − s)))/S`` with ``u = S·(step + 1)/steps``."""
+    u = cfg.l1_stages * (step + 1) / cfg.steps
+    s = min(int(u), cfg.l1_stages - 1)
+    return cfg.l1 * (s + math.sin(0.5 * math.pi * (u - s))) / cfg.l1_stages
+
+
 def _lr(cfg: LMConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to 10 % of ``lr``."""
     if step < cfg.warmup:
@@ -648,9 +673,7 @@ def train(cfg: LMConfig, log=print) -> tuple[DecoderLM, dict]:
         hidden.clear()
         loss = batch_loss(model, w)
         if cfg.l1 > 0:
-            # ProSparse-style: the penalty's weight rises smoothly (a sine ramp) to l1
-            weight = cfg.l1 * math.sin(0.5 * math.pi * (step + 1) / cfg.steps)
-            loss = loss + weight * sum(h.abs().mean() for h in hidden)
+            loss = loss + l1_weight(cfg, step) * sum(h.abs().mean() for h in hidden)
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -659,6 +682,12 @@ def train(cfg: LMConfig, log=print) -> tuple[DecoderLM, dict]:
     record["train_seconds"] = round(time.perf_counter() - t0, 1)
     record["valid_ppl"] = perplexity(model, data["valid"])
     log(f"validation perplexity {record['valid_ppl']:.4f}")
+    if cfg.ffn == "reglu":
+        # ProSparse's last step, activation threshold shifting: ReLU(z) -> z·[z > t] on the gate
+        # (FATReLU), t calibrated for a total share of zeros; training-free, so logged here
+        record["threshold_shift"] = sweep(model, "cats", list(SHIFT_LEVELS),
+                                          windows(data["calib"], cfg.context, cfg.eval_windows),
+                                          eval_w)
     return model, record
 
 
@@ -721,6 +750,8 @@ def main(argv=None) -> int:
     t = sub.add_parser("train", help="train one configuration and save it (one CPU thread)")
     t.add_argument("--config", required=True, help=f"one of {sorted(CONFIGS)}")
     t.add_argument("--out", type=Path, default=CHECKPOINT_DIR, help="output directory")
+    t.add_argument("--seed", type=int, default=None,
+                   help="another seed (initialisation and batches); saved as NAME_seedN")
     e = sub.add_parser("eval", help="validation perplexity of a saved checkpoint")
     e.add_argument("--config", required=True)
     e.add_argument("--dir", type=Path, default=CHECKPOINT_DIR)
@@ -728,8 +759,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     if args.cmd == "train":
         cfg = get_config(args.config)
+        command = f"python -m course_lib.lm train --config {args.config}"
+        if args.seed is not None:
+            cfg = replace(cfg, name=f"{cfg.name}_seed{args.seed}", seed=args.seed)
+            command += f" --seed {args.seed} --out {args.out}"
         model, record = train(cfg)
-        record["command"] = f"python -m course_lib.lm train --config {args.config}"
+        record["command"] = command
         print(save(model, record, args.out))
     else:
         model, record = load(args.config, args.dir)
