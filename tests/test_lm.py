@@ -2,7 +2,7 @@
 
 import json
 import math
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -186,7 +186,10 @@ def test_committed_checkpoint_reproduces_its_perplexity(name):
     assert math.isclose(lm.perplexity(model), record["valid_ppl"], rel_tol=1e-4)
 
 
-@pytest.mark.parametrize("name", ["relufied", "swiglu_continued"])
+FINE_TUNES = ["relufied", "swiglu_continued", "prosparse_l03", "prosparse_l1", "prosparse_l3"]
+
+
+@pytest.mark.parametrize("name", FINE_TUNES)
 def test_fine_tune_logs_are_committed_without_their_checkpoints(name):
     record = json.loads((lm.CHECKPOINT_DIR / f"{name}.json").read_text())
     assert record["command"] == f"python -m course_lib.lm train --config {name}"
@@ -194,6 +197,30 @@ def test_fine_tune_logs_are_committed_without_their_checkpoints(name):
     assert record["config"]["init_from"] == "swiglu" and record["corpus_sha256"] == lm.corpus_sha256()
     steps = [s["step"] for s in record["snapshots"]]
     assert steps[0] == 0 and steps[-1] == record["config"]["steps"]
+    if record["config"]["ffn"] == "reglu":  # ProSparse's threshold shift, logged at the end
+        shift = record["threshold_shift"]
+        assert [r["target"] for r in shift] == list(lm.SHIFT_LEVELS)
+        assert all(a["sparsity"] <= b["sparsity"] for a, b in zip(shift, shift[1:]))
+
+
+@pytest.mark.parametrize("name", ["swiglu", "relu", "relu2", "drelu"])
+def test_second_seed_logs(name):
+    record = json.loads((lm.CHECKPOINT_DIR / "seeds" / f"{name}_seed1.json").read_text())
+    assert record["config"] == asdict(replace(lm.CONFIGS[name], name=f"{name}_seed1", seed=1))
+    assert record["command"].startswith(f"python -m course_lib.lm train --config {name} --seed 1")
+
+
+def test_l1_schedule_rises_in_stages():
+    one = replace(lm.CONFIGS["relufied"], steps=100)
+    assert [lm.l1_weight(one, t) for t in (0, 49, 99)] == pytest.approx(
+        [one.l1 * math.sin(math.pi / 2 * (t + 1) / 100) for t in (0, 49, 99)])
+    three = replace(one, l1_stages=3, steps=90)
+    w = [lm.l1_weight(three, t) for t in range(90)]
+    assert all(a <= b + 1e-12 for a, b in zip(w, w[1:]))  # never falls
+    # each stage ends at l1·s/3
+    assert [w[29], w[59], w[89]] == pytest.approx([three.l1 / 3, 2 * three.l1 / 3, three.l1])
+    with pytest.raises(ValueError, match="l1_stages"):
+        lm.DecoderLM(replace(one, l1_stages=0))
 
 
 def test_committed_checkpoints_fit_the_budget():
@@ -317,7 +344,6 @@ def test_topk_model_has_the_kept_share_of_zeros():
 
 
 def test_relufication_starts_from_the_swiglu_weights():
-    from dataclasses import replace
     cfg = replace(lm.CONFIGS["relufied"], steps=1, warmup=1, eval_every=1, eval_windows=1)
     torch.set_num_threads(1)
     model, record = lm.train(cfg, log=lambda s: None)
@@ -327,6 +353,22 @@ def test_relufication_starts_from_the_swiglu_weights():
     drift = (model.blocks[0].ffn.up.weight - source.blocks[0].ffn.up.weight).abs().max().item()
     assert 0 < drift < 1e-2
     assert len(record["train_loss"]) == 1
+    assert [r["target"] for r in record["threshold_shift"]] == list(lm.SHIFT_LEVELS)
+
+
+def test_cli_seed_names_the_run(tmp_path, monkeypatch):
+    seen, real_train = {}, lm.train
+
+    def fake_train(cfg):
+        seen["cfg"] = cfg
+        return real_train(replace(lm.CONFIGS["tiny"], name=cfg.name, seed=cfg.seed),
+                        log=lambda s: None)
+
+    monkeypatch.setattr(lm, "train", fake_train)
+    lm.main(["train", "--config", "tiny", "--seed", "3", "--out", str(tmp_path)])
+    assert seen["cfg"].seed == 3 and seen["cfg"].name == "tiny_seed3"
+    record = json.loads((tmp_path / "tiny_seed3.json").read_text())
+    assert record["command"] == f"python -m course_lib.lm train --config tiny --seed 3 --out {tmp_path}"
 
 
 def test_generate_is_greedy_and_validates_input():
