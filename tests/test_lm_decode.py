@@ -41,6 +41,24 @@ def test_masked_ffn_with_every_neuron_active_equals_dense():
                                    rtol=1e-4, atol=1e-5)
 
 
+def keep_all(model: lm.DecoderLM) -> tuple[list, list[float]]:
+    """Predictors whose threshold lets every neuron through."""
+    from course_lib import lm_predict
+    torch.manual_seed(1)
+    preds = [lm_predict.Predictor(model.cfg.d_model, model.cfg.d_ff, 4).eval()
+             for _ in model.blocks]
+    return preds, [-float("inf")] * len(preds)
+
+
+def test_predicted_ffn_keeping_every_neuron_equals_dense():
+    model = small("relu")
+    dense, predicted = ld.KVDecoder(model, "dense"), ld.KVDecoder(model, "predicted",
+                                                                   *keep_all(model))
+    for t in lm.encode("abc"):
+        torch.testing.assert_close(predicted.step(int(t)), dense.step(int(t)),
+                                   rtol=1e-4, atol=1e-5)
+
+
 def test_none_mode_drops_the_ffn():
     model = small("relu")
     for b in model.blocks:
@@ -67,6 +85,13 @@ def test_bad_input_raises_value_error():
         dec.step(0)
     with pytest.raises(ValueError, match="densities"):
         ld.draw_active_sets(16, [0.0], 2)
+    preds, taus = keep_all(small("relu"))
+    with pytest.raises(ValueError, match="exactly when the mode is 'predicted'"):
+        ld.KVDecoder(small("relu"), "predicted")
+    with pytest.raises(ValueError, match="exactly when the mode is 'predicted'"):
+        ld.KVDecoder(small("relu"), "dense", preds, taus)
+    with pytest.raises(ValueError, match="as many predictors"):
+        ld.KVDecoder(small("relu"), "predicted", preds[:1], taus[:1])
 
 
 def test_active_sets_have_the_requested_size():
@@ -77,10 +102,12 @@ def test_active_sets_have_the_requested_size():
 
 def test_benchmark_rows_are_consistent():
     model = small("relu")
-    rows = ld._rows("t", model, [0.25, 0.5], steps=6, modes=("exact", "masked"))
-    assert [r["mode"] for r in rows] == ["dense", "exact", "masked"]
+    rows = ld._rows("t", model, [0.25, 0.5], steps=6, modes=("exact", "masked", "predicted"),
+                    predicted=(*keep_all(model), 0.6))
+    assert [r["mode"] for r in rows] == ["dense", "exact", "masked", "predicted"]
     by = {r["mode"]: r for r in rows}
     assert by["masked"]["ffn_bytes_read"] == pytest.approx(0.375, abs=1e-4)
+    assert by["predicted"]["ffn_bytes_read"] == 0.6
     assert by["exact"]["ffn_bytes_read"] == pytest.approx((1 + 0.375) / 2, abs=1e-4)
     for r in rows:  # the bound follows from the measured FFN share and the bytes read
         f, b = r["ffn_share"], r["ffn_bytes_read"]
@@ -98,8 +125,9 @@ def test_decode_suite_writes_the_shared_schema(tmp_path):
     assert meta["command"] == "python -m course_lib.bench decode --tiny --out " + str(tmp_path)
     assert float(meta["bandwidth_GBs"]) > 0
     assert [(r["model"].split(",")[0], r["mode"]) for r in rows] == [
-        ("course relu", "dense"), ("course relu", "exact"),
-        ("wide relu", "dense"), ("wide relu", "exact"), ("wide relu", "masked")]
+        ("course relu", "dense"), ("course relu", "exact"), ("course relu", "predicted"),
+        ("wide relu", "dense"), ("wide relu", "exact"), ("wide relu", "masked"),
+        ("wide relu", "predicted")]
     for r in rows:
         assert r["share_of_bound"] == pytest.approx(r["speedup"] / r["amdahl_bound"], rel=1e-3)
         f, b = r["ffn_share"], r["ffn_bytes_read"]
