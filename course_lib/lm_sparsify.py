@@ -86,13 +86,16 @@ class TopK:
     def _rotated(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.q is None else x @ self.q
 
-    def keep(self, x: torch.Tensor) -> torch.Tensor:
-        z = self._rotated(x)
+    def _top(self, z: torch.Tensor) -> torch.Tensor:
         mask = torch.zeros_like(z, dtype=torch.bool)
         return mask.scatter_(-1, z.abs().topk(self.k, dim=-1).indices, True)
 
+    def keep(self, x: torch.Tensor) -> torch.Tensor:
+        return self._top(self._rotated(x))
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        z = self._rotated(x) * self.keep(x)
+        z = self._rotated(x)
+        z = z * self._top(z)
         return z if self.q is None else z @ self.q.T
 
 

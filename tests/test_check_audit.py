@@ -88,6 +88,7 @@ WRONG = {
                 raise ValueError("range")
             return 1.0 / d
     """,
+    "llm_sparsity.5/0": ("score = x.abs() * w.norm(dim=1)", "score = x.abs()"),  # TEAL's mask
     "sae.1/0": ("idx = pre.reshape(-1).topk(k * B).indices", "idx = pre.reshape(-1).topk(k).indices"),
     "sae.2/0": ("(-theta / bandwidth)", "(-1.0 / bandwidth)"),
     "sae.3/0": ("((x - x.mean(dim=0)) ** 2).sum()", "(x ** 2).sum()"),
