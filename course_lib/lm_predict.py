@@ -89,6 +89,7 @@ def calibrate_recall(p: Predictor, x: torch.Tensor, active: torch.Tensor,
     if not 0 < recall <= 1:
         raise ValueError(f"recall must be in (0, 1], got {recall}")
     scores = p(x)[active].sort().values
+    # just below the quantile score: membership is s > τ, and that score must count as predicted
     return scores[int((1 - recall) * (len(scores) - 1))].item() - 1e-6
 
 
